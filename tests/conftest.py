@@ -1,0 +1,47 @@
+"""Shared fixtures: the ../shared folder (skipped when absent), temporary stores, a real Redis."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from model_store import ModelStore
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EMOSERVE_SHARED_DIR", REPO.parent / "shared")).resolve()
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, skipping the test with a clear reason when it is not there."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path} (the ../shared data folder beside the checkout); it is absent here")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return shared_path()
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> ModelStore:
+    """An empty writable store without the shipped layer."""
+    return ModelStore(tmp_path / "store", shipped=None)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A real Redis (EMOSERVE_TEST_REDIS_URL, default db 15 on 127.0.0.1:6379); skipped when none answers."""
+    import redis
+
+    url = os.environ.get("EMOSERVE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"CI must provide a Redis at {url}: {exc}") from exc
+        pytest.skip(f"needs a Redis at {url} (set EMOSERVE_TEST_REDIS_URL): {exc}")
+    return url

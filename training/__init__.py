@@ -1,0 +1,1 @@
+"""The offline training job (extra `train`): datasets, models, training, evaluation, export."""
