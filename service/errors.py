@@ -68,6 +68,10 @@ class RateLimited(Overloaded):
     """The caller's token bucket is empty."""
 
 
+class RequestTimeout(Overloaded):
+    """The request did not finish within the per-request time limit."""
+
+
 class Unauthorized(EmoserveError):
     """Missing or unknown API key."""
 
@@ -87,6 +91,7 @@ class ErrorSpec:
 # Most specific first: the first matching class wins.
 ERROR_TABLE: list[tuple[type[BaseException], ErrorSpec]] = [
     (RateLimited, ErrorSpec("rate_limited", 429, 1013, 7)),
+    (RequestTimeout, ErrorSpec("timeout", 503, 1013, 7)),
     (Overloaded, ErrorSpec("overloaded", 503, 1013, 7)),
     (InvalidImage, ErrorSpec("invalid_image", 400, 1003, 2)),
     (ImageTooLarge, ErrorSpec("image_too_large", 413, 1009, 2)),

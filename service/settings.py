@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     rate_limit_per_s: float = Field(0.0, ge=0.0, description="Token-bucket refill per key or client (0 = off).")
     rate_limit_burst: int = Field(20, ge=1, description="Token-bucket capacity.")
 
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="`module:function` callables run at start, e.g. to register extra detector families (JSON list).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
     @field_validator("model_mirror")
@@ -130,5 +134,21 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
+START, END = "<!-- settings:start -->", "<!-- settings:end -->"
+
+
+def update_readme(path: Path) -> None:
+    """Replace the table between the settings markers of `path` with the current one."""
+    text = path.read_text(encoding="utf-8")
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    path.write_text(f"{head}{START}\n{settings_table()}\n{END}{tail}", encoding="utf-8")
+
+
 if __name__ == "__main__":
-    print(settings_table())
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--write":
+        update_readme(Path(sys.argv[2]))
+    else:
+        print(settings_table())

@@ -11,7 +11,8 @@ import importlib
 import typer
 
 COMMAND_MODULES: list[str] = [
-    # "service.cli.predict",   # issue: pipeline   (emoserve predict)
+    "service.cli.predict",  # issue: pipeline   (emoserve predict)
+    "service.cli.serve",
     # "training.cli",          # issue: training   (train, evaluate, compare, explain)
 ]
 

@@ -1,0 +1,263 @@
+"""Pipeline benchmark (not a test): per-stage latency and images/s, and classifier throughput.
+
+    .venv/bin/python bench/bench_pipeline.py [--iterations 40] [--shared ../shared]
+
+Needs ../shared (YuNet and photos). Builds a temporary store with YuNet and a generated
+~1M-parameter classifier (5 strided convs on 1x48x48). End-to-end runs are single-stream
+(`Pipeline.analyze_sync`, no batching delay); images are real photos cropped/resized/padded to
+640x480 and 1280x720 with 1 face (obama.jpg) and 9 faces (12_angry_men.jpg).
+Targets on 2 cores: 640x480 one-face p50 <= 10 ms; classifier >= 1,000 faces/s at batch 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from model_store import ModelStore  # noqa: E402
+from service.pipeline.analyze import Pipeline  # noqa: E402
+from service.runtime import SessionPool  # noqa: E402
+from service.settings import get_settings  # noqa: E402
+from tests.helpers.tiny_models import (  # noqa: E402
+    EMOTIONS,
+    classifier_draft,
+    conv_classifier_onnx,
+    count_params,
+    publish_yunet,
+)
+
+
+def _fit(image: np.ndarray, size: tuple[int, int], crop_top: float = 0.0) -> np.ndarray:
+    """Crop to the target aspect (from `crop_top` of the spare height), then resize."""
+    import cv2
+
+    w, h = size
+    ih, iw = image.shape[:2]
+    if iw / ih > w / h:
+        cw = round(ih * w / h)
+        x0 = (iw - cw) // 2
+        image = image[:, x0 : x0 + cw]
+    else:
+        ch = round(iw * h / w)
+        y0 = round((ih - ch) * crop_top)
+        image = image[y0 : y0 + ch]
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def _letterbox(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize keeping the aspect, pad the rest grey (keeps all 9 faces of the wide photo)."""
+    import cv2
+
+    w, h = size
+    s = min(w / image.shape[1], h / image.shape[0])
+    small = cv2.resize(image, (round(image.shape[1] * s), round(image.shape[0] * s)), interpolation=cv2.INTER_AREA)
+    canvas = np.full((h, w, 3), 114, np.uint8)
+    y0, x0 = (h - small.shape[0]) // 2, (w - small.shape[1]) // 2
+    canvas[y0 : y0 + small.shape[0], x0 : x0 + small.shape[1]] = small
+    return canvas
+
+
+def _images(shared: Path) -> dict[str, bytes]:
+    import cv2
+
+    one = cv2.imread(str(shared / "media/photos/obama.jpg"))
+    nine = cv2.imread(str(shared / "media/photos/12_angry_men.jpg"))
+    assert one is not None and nine is not None
+    raw: dict[str, np.ndarray] = {
+        "640x480, 1 face": _fit(one, (640, 480), 0.2),
+        "640x480, 9 faces": _letterbox(nine, (640, 480)),
+        "1280x720, 1 face": _fit(one, (1280, 720), 0.2),
+        "1280x720, 9 faces": nine,
+    }
+    return {k: bytes(cv2.imencode(".jpg", v, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()) for k, v in raw.items()}
+
+
+def _register_fallback_yunet() -> str:
+    """A minimal YuNet on onnxruntime (the pool's session), used only while the real `yunet` family is absent."""
+    import importlib.util
+
+    if importlib.util.find_spec("service.pipeline.detectors.yunet") is not None:
+        return "yunet"
+    import cv2
+
+    from service.pipeline.detectors import DetectedFace, register_detector
+
+    class _YuNet:
+        family = "bench-yunet"
+
+        def __init__(self, model: Any, factory: Any) -> None:
+            d = model.manifest.decoding
+            self.threshold, self.nms = d.score_threshold, d.nms_threshold
+            self.session = factory(model.model_path)
+            self.side = 640
+
+        def detect(self, image: np.ndarray, threshold: float | None = None) -> list[DetectedFace]:
+            h, w = image.shape[:2]
+            s = self.side / max(h, w)
+            canvas = np.zeros((self.side, self.side, 3), np.uint8)
+            canvas[: round(h * s), : round(w * s)] = cv2.resize(image, (round(w * s), round(h * s)))
+            x = canvas.transpose(2, 0, 1)[None].astype(np.float32)
+            out = dict(zip(self.session.output_names, self.session.run(None, {"input": x}), strict=True))
+            thr = self.threshold if threshold is None else threshold
+            boxes, scores, marks = [], [], []
+            for stride in (8, 16, 32):
+                score = np.sqrt(np.clip(out[f"cls_{stride}"][0, :, 0] * out[f"obj_{stride}"][0, :, 0], 0, 1))
+                idx = np.flatnonzero(score >= thr)
+                n = self.side // stride
+                grid = np.stack([idx % n, idx // n], 1).astype(np.float32)
+                bb = out[f"bbox_{stride}"][0, idx]
+                centre = (grid + bb[:, :2]) * stride
+                size = np.exp(bb[:, 2:]) * stride
+                boxes.append(np.c_[centre - size / 2, size])
+                scores.append(score[idx])
+                marks.append((out[f"kps_{stride}"][0, idx].reshape(-1, 5, 2) + grid[:, None]) * stride)
+            b, sc, mk = np.concatenate(boxes), np.concatenate(scores), np.concatenate(marks)
+            keep = cv2.dnn.NMSBoxes(b.tolist(), sc.tolist(), thr, self.nms, top_k=5000) if len(sc) else []
+            return [
+                DetectedFace(
+                    (b[i, 0] / s, b[i, 1] / s, (b[i, 0] + b[i, 2]) / s, (b[i, 1] + b[i, 3]) / s),
+                    float(sc[i]),
+                    mk[i] / s,
+                )
+                for i in np.asarray(keep, int).ravel()
+            ]
+
+    register_detector("bench-yunet")(_YuNet)
+    return "bench-yunet"
+
+
+def _p(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else 0.0
+
+
+def bench_pipeline(
+    store: ModelStore, det_ref: str, clf_ref: str, images: dict[str, bytes], iterations: int, threads: int
+) -> list[list[str]]:
+    import cv2
+
+    cv2.setNumThreads(threads)  # a detector running through OpenCV uses OpenCV's threads
+    settings = get_settings(model_root=Path(tempfile.gettempdir()), intra_op_threads=threads, session_concurrency=1)
+    pipe = Pipeline.load(settings, store=store, detector_ref=det_ref, classifier_ref=clf_ref)
+    rows = []
+    for name, data in images.items():
+        for _ in range(3):
+            pipe.analyze_sync(data)
+        stages: dict[str, list[float]] = {k: [] for k in ("decode", "detect", "align", "classify", "total")}
+        faces = 0
+        started = time.perf_counter()
+        for _ in range(iterations):
+            r = pipe.analyze_sync(data)
+            faces = len(r.faces)
+            for k in stages:
+                stages[k].append(getattr(r.timings_ms, k))
+        wall = time.perf_counter() - started
+        rows.append(
+            [name, str(threads), str(faces)]
+            + [f"{statistics.median(stages[k]):.2f}" for k in ("decode", "detect", "align", "classify")]
+            + [f"{_p(stages['total'], 50):.2f}", f"{_p(stages['total'], 90):.2f}", f"{iterations / wall:.1f}"]
+        )
+    pipe.close()
+    return rows
+
+
+def bench_classifier(model_path: Path, iterations: int, threads: int) -> list[list[str]]:
+    pool = SessionPool(get_settings(model_root=Path(tempfile.gettempdir()), intra_op_threads=threads))
+    session = pool.session_factory(model_path)
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in (1, 8, 32):
+        x = rng.standard_normal((batch, 1, 48, 48)).astype(np.float32)
+        for _ in range(5):
+            session.run(None, {"input": x})
+        n = max(10, iterations * 32 // batch)
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            session.run(None, {"input": x})
+            times.append(time.perf_counter() - t)
+        p50 = statistics.median(times)
+        rows.append([str(batch), str(threads), f"{p50 * 1000:.2f}", f"{batch / p50:.0f}"])
+    pool.close()
+    return rows
+
+
+def main() -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    console = Console(width=150)
+    yunet = args.shared / "models/detectors/yunet/face_detection_yunet_2023mar.onnx"
+    if not yunet.is_file():
+        sys.exit(f"needs {yunet} (the ../shared folder)")
+    family = _register_fallback_yunet()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmpdir = Path(tmp)
+        store = ModelStore(tmpdir / "store", shipped=None)
+        det = publish_yunet(store, yunet)
+        if family != "yunet":
+            store.publish(
+                {
+                    **det.manifest.model_dump(exclude={"version", "files", "created"}),
+                    "name": "bench-yunet",
+                    "family": family,
+                },
+                {"model.onnx": yunet},
+                alias="production",
+            )
+            det = store.get("bench-yunet@production")
+        clf_path = conv_classifier_onnx(tmpdir / "conv1m.onnx")
+        draft = {**classifier_draft("conv-1m"), "family": "bench-conv", "description": "benchmark conv net"}
+        assert len(draft["labels"]) == len(EMOTIONS)
+        store.publish(draft, {"model.onnx": clf_path}, alias="production")
+        clf = store.get("conv-1m@production")
+        console.print(
+            f"detector {det.ref} (family {family}); classifier {clf.ref}, "
+            f"{count_params(clf_path):,} parameters; {args.iterations} iterations per row"
+        )
+
+        images = _images(args.shared)
+        table = Table(title="pipeline, single stream (ms; p50 per stage)")
+        for col in (
+            "image",
+            "threads",
+            "faces",
+            "decode",
+            "detect",
+            "align",
+            "classify",
+            "total p50",
+            "total p90",
+            "images/s",
+        ):
+            table.add_column(col, justify="left" if col == "image" else "right")
+        for threads in args.threads:
+            for row in bench_pipeline(store, det.ref, clf.ref, images, args.iterations, threads):
+                table.add_row(*row)
+        console.print(table)
+
+        ctable = Table(title="classifier (~1M params, 1x48x48) throughput")
+        for col in ("batch", "threads", "p50 ms/batch", "faces/s"):
+            ctable.add_column(col, justify="right")
+        for threads in args.threads:
+            for row in bench_classifier(clf_path, args.iterations, threads):
+                ctable.add_row(*row)
+        console.print(ctable)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The REST (and later WebSocket) adapters over the pipeline."""

@@ -1,0 +1,101 @@
+"""The FastAPI application. Resources (store, sessions, Redis, metrics) belong to the lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from model_store import ModelStore
+from service import __version__
+from service.api import error_handlers, routes_analyze, routes_health, routes_models
+from service.api.auth import KeyRing
+from service.api.body_limit import BodyLimitMiddleware
+from service.api.cache import ResultCache
+from service.api.context import ServiceContext
+from service.api.events import ModelEvents
+from service.api.metrics import Metrics
+from service.api.middleware import RequestMetricsMiddleware
+from service.api.model_manager import ModelManager
+from service.api.ratelimit import RateLimiter
+from service.api.redis_link import RedisLink
+from service.api.serving import build_pipeline_factory
+from service.errors import ModelLoadFailed
+from service.settings import Settings, get_settings
+
+log = logging.getLogger("emoserve")
+
+
+def run_plugins(plugins: list[str]) -> None:
+    """Call each `module:function` of EMOSERVE_PLUGINS (extension point for extra model families)."""
+    for spec in plugins:
+        module, _, attr = spec.partition(":")
+        getattr(importlib.import_module(module), attr or "register")()
+
+
+def create_app(settings: Settings | None = None, *, metrics: Metrics | None = None) -> FastAPI:
+    """Build the app; nothing is loaded until the lifespan starts."""
+    settings = settings or get_settings()
+    metrics = metrics or Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        run_plugins(settings.plugins)
+        redis = RedisLink(settings.redis_url, metrics) if settings.redis_url else None
+        if redis is None:
+            log.info("EMOSERVE_REDIS_URL is unset: result cache, rate limits and model events are in-process")
+        store = ModelStore(settings.model_root)
+        factory, closer = build_pipeline_factory(settings, store, metrics)
+        manager = ModelManager(store, factory, settings.detector, settings.classifier)
+        manager.on_swap.append(metrics.set_models)
+        try:
+            await manager.reload()
+        except ModelLoadFailed as exc:  # the process serves /healthz and /readyz says why
+            log.error("models not loaded: %s", exc)
+        events = ModelEvents(manager, redis)
+        events.start()
+        app.state.ctx = ServiceContext(
+            settings=settings,
+            metrics=metrics,
+            store=store,
+            manager=manager,
+            events=events,
+            cache=ResultCache(settings.cache_ttl_s, metrics, redis),
+            limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst, metrics, redis),
+            keys=KeyRing(settings.api_keys, settings.admin_keys),
+            redis=redis,
+        )
+        try:
+            yield
+        finally:
+            await events.aclose()
+            await manager.aclose()
+            await closer()
+            if redis is not None:
+                await redis.close()
+
+    app = FastAPI(
+        title="emoserve",
+        version=__version__,
+        description="Real-time facial emotion recognition: every face in an image and the emotion it shows.",
+        lifespan=lifespan,
+    )
+    error_handlers.install(app)
+    app.include_router(routes_health.router)
+    app.include_router(routes_analyze.router)
+    app.include_router(routes_models.router)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+        )
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,163 @@
+"""`POST /v1/analyze`, `/v1/analyze/batch`, `/v1/annotate`: thin adapters over the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from service.api.cache import cache_key
+from service.api.context import ServiceContext, authorize, context
+from service.api.inputs import read_images
+from service.errors import ImageTooLarge, InvalidImage, InvalidOptions, RequestTimeout, error_body
+from service.pipeline.annotate import annotate_jpeg
+from service.pipeline.schema import AnalysisResult, AnalyzeOptions
+
+router = APIRouter(prefix="/v1", tags=["analyze"])
+
+
+IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                    "required": ["image"],
+                }
+            },
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "image_base64": {"type": "string"},
+                        "max_faces": {"type": "integer", "minimum": 1},
+                        "min_face_size": {"type": "integer", "minimum": 0},
+                        "threshold": {"type": "number", "minimum": 0, "maximum": 1},
+                        "landmarks": {"type": "boolean"},
+                        "explain": {"type": "boolean"},
+                    },
+                    "required": ["image_base64"],
+                }
+            },
+        },
+    }
+}
+BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    "required": ["images"],
+                }
+            }
+        },
+    }
+}
+
+
+def _options(options: dict[str, Any]) -> AnalyzeOptions:
+    options = dict(options)
+    if str(options.pop("explain", "false")).lower() in ("1", "true", "yes"):
+        raise InvalidOptions("explain: the served classifier does not provide heat maps yet")
+    return AnalyzeOptions.parse(options)
+
+
+def _observe(ctx: ServiceContext, result: AnalysisResult) -> None:
+    m = ctx.metrics
+    t = result.timings_ms
+    for stage in ("decode", "queue", "detect", "align", "classify"):
+        m.stage_duration.labels(stage=stage).observe(getattr(t, stage) / 1000.0)
+    m.faces_per_image.observe(len(result.faces))
+    for face in result.faces:
+        m.emotions.labels(label=face.emotion.label).inc()
+
+
+async def _analyze_one(ctx: ServiceContext, data: bytes, options: dict[str, Any]) -> dict[str, Any]:
+    """Run (or fetch from the cache) one analysis; returns the AnalysisResult as JSON-ready dict."""
+    opts = _options(options)
+    async with ctx.manager.use() as pipeline:
+        models = {role: [n, v] for role, (n, v, _) in pipeline.model_versions().items()}
+        key = cache_key(hashlib.sha256(data).hexdigest(), models, opts.model_dump(mode="json"))
+        cached = await ctx.cache.get(key)
+        if cached is not None:
+            return dict(json.loads(cached))
+        result: AnalysisResult = await asyncio.wait_for(
+            pipeline.analyze(data, opts), timeout=ctx.settings.request_timeout_s
+        )
+    body = result.model_dump(mode="json")
+    _observe(ctx, result)
+    await ctx.cache.set(key, json.dumps(body).encode())
+    return body
+
+
+async def _timed(ctx: ServiceContext, data: bytes, options: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return await _analyze_one(ctx, data, options)
+    except TimeoutError as exc:
+        raise RequestTimeout(f"analysis took longer than {ctx.settings.request_timeout_s} s") from exc
+
+
+@router.post(
+    "/analyze", summary="Find every face and its emotion", openapi_extra=IMAGE_BODY, response_model=AnalysisResult
+)
+async def analyze(request: Request) -> JSONResponse:
+    await authorize(request)
+    ctx = context(request)
+    req = await read_images(request)
+    _, data = req.images[0]
+    return JSONResponse(await _timed(ctx, data, req.options))
+
+
+@router.post(
+    "/analyze/batch", summary="Analyze several images; a bad image fails only its own slot", openapi_extra=BATCH_BODY
+)
+async def analyze_batch(request: Request) -> JSONResponse:
+    await authorize(request)
+    ctx = context(request)
+    req = await read_images(request, field="images", many=True)
+    if len(req.images) > ctx.settings.batch_limit:
+        raise InvalidImage(
+            f"{len(req.images)} images is over the batch limit of {ctx.settings.batch_limit}",
+            detail={"limit": ctx.settings.batch_limit},
+        )
+    _options(req.options)  # invalid options fail the whole request (422)
+
+    async def slot(data: bytes) -> dict[str, Any]:
+        try:
+            return await _timed(ctx, data, req.options)
+        except (InvalidImage, ImageTooLarge) as exc:  # a bad image fails its own slot only
+            return error_body(exc)
+
+    results = await asyncio.gather(*(slot(data) for _, data in req.images))
+    return JSONResponse({"results": list(results)})
+
+
+@router.post(
+    "/annotate",
+    summary="The image with boxes, labels and score bars drawn (JPEG)",
+    openapi_extra=IMAGE_BODY,
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}},
+)
+async def annotate(request: Request) -> Response:
+    await authorize(request)
+    ctx = context(request)
+    req = await read_images(request)
+    _, data = req.images[0]
+    body = await _timed(ctx, data, req.options)
+    started = time.perf_counter()
+    jpeg = await asyncio.to_thread(annotate_jpeg, data, body, max_pixels=ctx.settings.max_image_pixels)
+    ctx.metrics.stage_duration.labels(stage="annotate").observe(time.perf_counter() - started)
+    return Response(jpeg, media_type="image/jpeg")

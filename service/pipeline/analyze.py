@@ -1,0 +1,225 @@
+"""The pipeline: decode -> detect (thread) -> align -> classify (dynamic batcher) -> `AnalysisResult`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from model_store import ModelNotFound, ModelStore, ResolvedModel
+from service.errors import InvalidImage
+from service.pipeline.classifier import EmotionClassifier
+from service.pipeline.decode import decode_image
+from service.pipeline.detectors import DetectedFace, FaceDetector, create_detector
+from service.pipeline.schema import (
+    AnalysisResult,
+    AnalyzeOptions,
+    Box,
+    Emotion,
+    Face,
+    ImageSize,
+    ModelInfo,
+    ModelsUsed,
+    Timings,
+)
+from service.runtime.sessions import SessionPool
+from service.settings import Settings
+
+ImageInput = bytes | bytearray | memoryview | np.ndarray
+OptionsInput = AnalyzeOptions | Mapping[str, Any] | None
+
+NO_CLASSIFIER_HINT = (
+    "no emotion classifier in the store: train one with `emoserve train ... --publish` "
+    "or publish one with `emoserve models publish`"
+)
+
+
+@dataclass
+class _Prepared:
+    image: np.ndarray
+    faces: list[DetectedFace]
+    batch: np.ndarray
+    decode_s: float
+    detect_s: float
+    align_s: float
+
+
+class Pipeline:
+    """Owns a face detector and an emotion classifier; `analyze` is safe to call concurrently."""
+
+    def __init__(
+        self,
+        detector: FaceDetector,
+        classifier: EmotionClassifier,
+        detector_model: ResolvedModel,
+        settings: Settings,
+        pool: SessionPool | None = None,
+    ) -> None:
+        self.detector = detector
+        self.classifier = classifier
+        self.detector_model = detector_model
+        self.settings = settings
+        self.pool = pool
+        self._closed = False
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        settings: Settings,
+        *,
+        store: ModelStore | None = None,
+        detector_ref: str | None = None,
+        classifier_ref: str | None = None,
+        pool: SessionPool | None = None,
+    ) -> Pipeline:
+        """Resolve, verify, load and warm both models (blocking; use `aload` from async code)."""
+        store = store or ModelStore(settings.model_root)
+        classifier_model = _get_classifier(store, classifier_ref or settings.classifier)
+        detector_model = store.get(detector_ref or settings.detector)
+        pool = pool or SessionPool(settings)
+        detector = create_detector(detector_model, pool.session_factory)
+        classifier = EmotionClassifier(classifier_model, pool.load(classifier_model), settings)
+        return cls(detector, classifier, detector_model, settings, pool)
+
+    @classmethod
+    async def aload(cls, settings: Settings, **kwargs: Any) -> Pipeline:
+        return await asyncio.to_thread(lambda: cls.load(settings, **kwargs))
+
+    def model_versions(self) -> dict[str, tuple[str, int, str]]:
+        """role -> (name, version, provider)."""
+        det = self.detector_model.manifest
+        sessions = self.pool.sessions() if self.pool else []
+        provider = next((s.provider for s in sessions if s.name == det.name), "opencv")
+        return {
+            "detector": (det.name, det.version, provider),
+            "classifier": (self.classifier.name, self.classifier.version, self.classifier.session.provider),
+        }
+
+    # -- analysis ----------------------------------------------------------------------------
+    def _prepare(self, image: ImageInput, opts: AnalyzeOptions) -> _Prepared:
+        t0 = time.perf_counter()
+        if isinstance(image, np.ndarray):
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise InvalidImage(f"an image array must be BGR uint8 (H, W, 3), got {image.dtype} {image.shape}")
+            bgr = image
+        else:
+            bgr = decode_image(image, self.settings.max_image_pixels)
+        t1 = time.perf_counter()
+        faces = self._detect(bgr, opts)
+        t2 = time.perf_counter()
+        batch = self.classifier.preprocess(bgr, [(f.box, f.landmarks) for f in faces])
+        t3 = time.perf_counter()
+        return _Prepared(bgr, faces, batch, t1 - t0, t2 - t1, t3 - t2)
+
+    def _detect(self, bgr: np.ndarray, opts: AnalyzeOptions) -> list[DetectedFace]:
+        import cv2
+
+        h, w = bgr.shape[:2]
+        scale = min(1.0, self.settings.detector_max_side / max(h, w))
+        small = bgr
+        if scale < 1.0:
+            small = cv2.resize(bgr, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        threshold = opts.threshold if opts.threshold is not None else self.settings.detector_threshold
+        found = self.detector.detect(small, threshold)
+        if scale < 1.0:
+            found = [_rescale(f, 1.0 / scale) for f in found]
+        min_size = opts.min_face_size if opts.min_face_size is not None else self.settings.min_face_size
+        max_faces = opts.max_faces if opts.max_faces is not None else self.settings.max_faces
+        found = [f for f in found if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= min_size]
+        found.sort(key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), reverse=True)
+        return found[:max_faces]
+
+    def _result(
+        self, prep: _Prepared, probs: np.ndarray, opts: AnalyzeOptions, queue_s: float, classify_s: float, t0: float
+    ) -> AnalysisResult:
+        labels = self.classifier.labels
+        faces = []
+        for face, p in zip(prep.faces, probs, strict=True):
+            best = int(np.argmax(p))
+            marks = None
+            if opts.landmarks and face.landmarks is not None:
+                marks = [[round(float(x), 2), round(float(y), 2)] for x, y in np.asarray(face.landmarks)]
+            faces.append(
+                Face(
+                    box=Box(**dict(zip(("x1", "y1", "x2", "y2"), (round(float(v), 2) for v in face.box), strict=True))),
+                    score=round(float(face.score), 4),
+                    landmarks=marks,
+                    emotion=Emotion(
+                        label=labels[best],
+                        confidence=float(p[best]),
+                        scores={label: float(v) for label, v in zip(labels, p, strict=True)},
+                    ),
+                )
+            )
+        det = self.detector_model.manifest
+        ms = 1000.0
+        timings = Timings(
+            decode=prep.decode_s * ms,
+            queue=queue_s * ms,
+            detect=prep.detect_s * ms,
+            align=prep.align_s * ms,
+            classify=classify_s * ms,
+            total=(time.perf_counter() - t0) * ms,
+        )
+        return AnalysisResult(
+            image=ImageSize(width=prep.image.shape[1], height=prep.image.shape[0]),
+            models=ModelsUsed(
+                detector=ModelInfo(name=det.name, version=det.version),
+                classifier=ModelInfo(name=self.classifier.name, version=self.classifier.version),
+            ),
+            faces=faces,
+            timings_ms=timings,
+        )
+
+    async def analyze(self, image: ImageInput, options: OptionsInput = None) -> AnalysisResult:
+        """Analyze encoded image bytes or a BGR uint8 array. Decode/detect/align run in a thread."""
+        t0 = time.perf_counter()
+        opts = AnalyzeOptions.parse(options)
+        prep = await asyncio.to_thread(self._prepare, image, opts)
+        timed = await self.classifier.classify(prep.batch)
+        return self._result(prep, timed.result, opts, timed.queue_s, timed.run_s, t0)
+
+    def analyze_sync(self, image: ImageInput, options: OptionsInput = None) -> AnalysisResult:
+        """Blocking analysis without the batcher (CLI, scripts); the same result as `analyze`."""
+        t0 = time.perf_counter()
+        opts = AnalyzeOptions.parse(options)
+        prep = self._prepare(image, opts)
+        t1 = time.perf_counter()
+        probs = self.classifier.run(prep.batch)
+        return self._result(prep, probs, opts, 0.0, time.perf_counter() - t1, t0)
+
+    async def aclose(self) -> None:
+        """Stop the batcher (waiting callers get an error) and release the sessions."""
+        if self._closed:
+            return
+        self._closed = True
+        await self.classifier.aclose()
+        if self.pool is not None:
+            await asyncio.to_thread(self.pool.close)
+
+    def close(self) -> None:
+        """Synchronous close, for code that never used `analyze` (the batcher was not started)."""
+        self._closed = True
+        if self.pool is not None:
+            self.pool.close()
+
+
+def _get_classifier(store: ModelStore, ref: str) -> ResolvedModel:
+    try:
+        model = store.get(ref)
+    except ModelNotFound as exc:
+        raise ModelNotFound(f"{NO_CLASSIFIER_HINT} ({exc})") from exc
+    if model.manifest.task != "emotion_classifier":
+        raise ModelNotFound(f"{model.ref} is a {model.manifest.task}, not an emotion classifier; {NO_CLASSIFIER_HINT}")
+    return model
+
+
+def _rescale(face: DetectedFace, factor: float) -> DetectedFace:
+    box = tuple(float(v) * factor for v in face.box)
+    marks = None if face.landmarks is None else np.asarray(face.landmarks, np.float32) * factor
+    return DetectedFace((box[0], box[1], box[2], box[3]), face.score, marks)

@@ -1,0 +1,112 @@
+"""The emotion classifier: manifest-driven preprocessing, batched inference, calibrated probabilities.
+
+Output rule (read from the manifest, never guessed from the numbers): the model outputs
+probabilities when `decoding.params.output` is "probabilities", or else when the first declared
+output (`manifest.outputs[0].name`) is named "prob", "probs", "probabilities" or "softmax"
+(case-insensitive). Otherwise the output is logits and gets a softmax. The manifest's `temperature`
+T divides the logits (softmax(z / T)); for probability outputs it is applied as p^(1/T), renormalised,
+which is the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from model_store.store import ResolvedModel
+from service.pipeline.align import Preprocessor
+from service.runtime.batcher import DynamicBatcher, Timed
+from service.runtime.sessions import ModelSession
+from service.settings import Settings
+
+PROBABILITY_OUTPUT_NAMES = {"prob", "probs", "probabilities", "softmax"}
+
+
+def outputs_probabilities(model: ResolvedModel) -> bool:
+    """True when the manifest says the model already ends in a softmax (see the module docstring)."""
+    m = model.manifest
+    params = m.decoding.params if m.decoding else {}
+    if "output" in params:
+        return str(params["output"]).lower() == "probabilities"
+    return bool(m.outputs) and m.outputs[0].name.lower() in PROBABILITY_OUTPUT_NAMES
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
+class EmotionClassifier:
+    """Runs one classifier model; `classify` batches faces across callers through a `DynamicBatcher`."""
+
+    def __init__(self, model: ResolvedModel, session: ModelSession, settings: Settings) -> None:
+        manifest = model.manifest
+        if manifest.task != "emotion_classifier" or not manifest.labels:
+            raise ValueError(f"{model.ref} is a {manifest.task}, not an emotion classifier with labels")
+        self.model = model
+        self.session = session
+        self.labels: list[str] = list(manifest.labels)
+        self.temperature = manifest.temperature
+        self.probabilities = outputs_probabilities(model)
+        self.preprocessor = Preprocessor.from_manifest(manifest)
+        self.output_name = manifest.outputs[0].name if manifest.outputs else session.output_names[0]
+        if self.output_name not in session.output_names:
+            self.output_name = session.output_names[0]
+        self.batcher: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher(
+            self.run_many,
+            max_batch=settings.max_batch,
+            max_delay_ms=settings.max_delay_ms,
+            queue_size=settings.queue_size,
+            size_of=len,
+            executor=session.executor,
+            name=f"classifier {model.ref}",
+        )
+
+    @property
+    def name(self) -> str:
+        return self.model.manifest.name
+
+    @property
+    def version(self) -> int:
+        return self.model.manifest.version
+
+    def preprocess(
+        self, image_bgr: np.ndarray, faces: Sequence[tuple[Sequence[float], np.ndarray | None]]
+    ) -> np.ndarray:
+        return self.preprocessor.batch(image_bgr, faces)
+
+    def postprocess(self, raw: np.ndarray) -> np.ndarray:
+        """Model output (N, labels) -> probabilities (N, labels), float64 rows summing to 1."""
+        out = np.asarray(raw, np.float64).reshape(len(raw), -1)
+        if out.shape[1] != len(self.labels):
+            raise ValueError(f"{self.model.ref} outputs {out.shape[1]} values per face for {len(self.labels)} labels")
+        t = self.temperature or 1.0
+        if self.probabilities:
+            out = np.clip(out, 1e-12, None) ** (1.0 / t)
+            return out / out.sum(axis=1, keepdims=True)
+        return softmax(out / t)
+
+    def run_many(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        """Several callers' batches in one model call; each gets its own rows back (the batcher's function)."""
+        sizes = [len(b) for b in batches]
+        probs = self.run(np.concatenate(batches)) if sum(sizes) else np.zeros((0, len(self.labels)))
+        return list(np.split(probs, np.cumsum(sizes)[:-1]))
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Synchronous: a preprocessed batch (N, ...) -> probabilities (N, labels)."""
+        if len(batch) == 0:
+            return np.zeros((0, len(self.labels)))
+        (raw,) = self.session.run([self.output_name], {self.session.input_names[0]: batch})
+        return self.postprocess(raw)
+
+    async def classify(self, batch: np.ndarray) -> Timed[np.ndarray]:
+        """Probabilities of one image's faces, batched with other callers; with queue/run times."""
+        if len(batch) == 0:
+            return Timed(np.zeros((0, len(self.labels))), 0.0, 0.0, 0)
+        return await self.batcher.submit_timed(batch)
+
+    async def aclose(self) -> None:
+        await self.batcher.aclose()

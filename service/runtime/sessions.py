@@ -1,0 +1,219 @@
+"""onnxruntime sessions: provider choice and verification, CPU options, warm-up, bounded runs.
+
+One `ModelSession` per (model name, version, device) lives in a `SessionPool`. Every run holds a
+slot of a semaphore of `settings.session_concurrency`; `arun` runs in the pool's thread pool so
+the event loop never blocks (onnxruntime releases the GIL while it computes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_store.manifest import MANIFEST_FILE, Manifest
+from model_store.store import ResolvedModel
+from service.errors import ModelLoadFailed
+from service.settings import Settings
+
+log = logging.getLogger("emoserve.runtime")
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
+
+Feeds = dict[str, np.ndarray]
+
+
+def resolve_providers(requested: list[str], available: list[str]) -> list[str]:
+    """The requested providers that this onnxruntime build has, in the requested order (CPU always last)."""
+    chosen = [p for p in requested if p in available]
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def intra_op_threads(settings: Settings) -> int:
+    """`settings.intra_op_threads`, or the cores shared out among the worker processes."""
+    if settings.intra_op_threads:
+        return settings.intra_op_threads
+    return max(1, (os.cpu_count() or 1) // max(1, settings.workers))
+
+
+def session_options(settings: Settings, threads: int | None = None) -> Any:
+    """CPU options: intra-op threads = cores / workers, inter-op 1, no spinning with several workers, ALL opts."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or intra_op_threads(settings)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if settings.workers > 1:
+        # Several worker processes share the cores: spinning idle threads would steal them.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return opts
+
+
+def dummy_feeds(session: Any, size: tuple[int, int] | None = None, batch: int = 1) -> Feeds:
+    """Zeros shaped like the session's inputs; dynamic axes get `batch` or the (width, height) `size`."""
+    feeds: Feeds = {}
+    for inp in session.get_inputs():
+        shape = list(inp.shape)
+        dims: list[int] = []
+        for axis, dim in enumerate(shape):
+            if isinstance(dim, int) and dim > 0:
+                dims.append(dim)
+            elif axis == 0:
+                dims.append(batch)
+            else:
+                dims.append(_spatial(shape, axis, size))
+        feeds[inp.name] = np.zeros(dims, dtype=_ORT_TYPES.get(inp.type, np.float32))
+    return feeds
+
+
+def _spatial(shape: list[Any], axis: int, size: tuple[int, int] | None) -> int:
+    if size is None:
+        return 64
+    # the last dynamic axes of an image are (height, width), or (height, width, channels) for NHWC
+    rank = len(shape)
+    channels_last = rank == 4 and isinstance(shape[3], int) and shape[3] in (1, 3, 4)
+    w_axis = rank - 2 if channels_last else rank - 1
+    return size[0] if axis == w_axis else size[1]
+
+
+class ModelSession:
+    """An InferenceSession look-alike (same `run` signature) with bounded concurrency and an async `arun`."""
+
+    def __init__(
+        self, session: Any, *, name: str, version: int, concurrency: int, executor: ThreadPoolExecutor
+    ) -> None:
+        self.session = session
+        self.name = name
+        self.version = version
+        self.provider: str = session.get_providers()[0]
+        self.device = "gpu" if self.provider in GPU_PROVIDERS else "cpu"
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self.executor = executor
+
+    def run(
+        self, output_names: list[str] | None, input_feed: Feeds | np.ndarray, run_options: Any = None
+    ) -> list[np.ndarray]:
+        """`InferenceSession.run` with a concurrency slot held; an array feeds the first input."""
+        if isinstance(input_feed, np.ndarray):
+            input_feed = {self.input_names[0]: input_feed}
+        with self._slots:
+            return list(self.session.run(output_names, input_feed, run_options))
+
+    async def arun(self, output_names: list[str] | None, input_feed: Feeds | np.ndarray) -> list[np.ndarray]:
+        """`run` in the pool's threads, off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.run, output_names, input_feed)
+
+    # The rest of the InferenceSession interface detectors use.
+    def get_inputs(self) -> Any:
+        return self.session.get_inputs()
+
+    def get_outputs(self) -> Any:
+        return self.session.get_outputs()
+
+    def get_providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def __repr__(self) -> str:
+        return f"ModelSession({self.name}@{self.version} on {self.provider})"
+
+
+class SessionPool:
+    """One `ModelSession` per (name, version, device), built with the settings' providers and options."""
+
+    def __init__(self, settings: Settings, *, threads: int | None = None) -> None:
+        self.settings = settings
+        self.threads = threads
+        self._sessions: dict[tuple[str, int, str], ModelSession] = {}
+        self._lock = threading.Lock()
+        self.executor = ThreadPoolExecutor(
+            max_workers=max(4, 2 * settings.session_concurrency), thread_name_prefix="emoserve-infer"
+        )
+
+    def providers(self) -> list[str]:
+        import onnxruntime as ort
+
+        return resolve_providers(list(self.settings.providers), list(ort.get_available_providers()))
+
+    def load(self, model: ResolvedModel) -> ModelSession:
+        """The session of a verified store artifact (created, verified and warmed on first use)."""
+        size = model.manifest.input.size
+        return self._get(model.model_path, model.manifest.name, model.manifest.version, size)
+
+    def session_factory(self, path: Path) -> ModelSession:
+        """`SessionFactory` for detectors: a model file (name/version read from the manifest beside it)."""
+        path = Path(path)
+        manifest_file = path.parent / MANIFEST_FILE
+        if manifest_file.is_file():
+            manifest = Manifest.from_file(manifest_file)
+            return self._get(path, manifest.name, manifest.version, manifest.input.size)
+        return self._get(path, path.stem, 0, None)
+
+    def _get(self, path: Path, name: str, version: int, size: tuple[int, int] | None) -> ModelSession:
+        providers = self.providers()
+        device = "gpu" if providers[0] in GPU_PROVIDERS else "cpu"
+        key = (name, version, device)
+        with self._lock:
+            if key not in self._sessions:
+                self._sessions[key] = self._create(path, name, version, providers, size)
+            return self._sessions[key]
+
+    def _create(
+        self, path: Path, name: str, version: int, providers: list[str], size: tuple[int, int] | None
+    ) -> ModelSession:
+        import onnxruntime as ort
+
+        try:
+            raw = ort.InferenceSession(
+                str(path), sess_options=session_options(self.settings, self.threads), providers=providers
+            )
+        except Exception as exc:
+            raise ModelLoadFailed(f"{name}@{version}: onnxruntime cannot load {path}: {exc}") from exc
+        active = raw.get_providers()
+        if self.settings.require_gpu and not any(p in GPU_PROVIDERS for p in active):
+            raise ModelLoadFailed(
+                f"{name}@{version}: a GPU is required (EMOSERVE_REQUIRE_GPU) but the session runs on {active}; "
+                f"requested {list(self.settings.providers)}, available {ort.get_available_providers()}"
+            )
+        wanted = self.settings.providers[0] if self.settings.providers else "CPUExecutionProvider"
+        level = logging.WARNING if active[0] != wanted else logging.INFO
+        log.log(level, "%s@%s runs on %s (requested %s)", name, version, active[0], list(self.settings.providers))
+        session = ModelSession(
+            raw, name=name, version=version, concurrency=self.settings.session_concurrency, executor=self.executor
+        )
+        try:
+            session.run(None, dummy_feeds(raw, size))
+        except Exception as exc:
+            raise ModelLoadFailed(f"{name}@{version}: warm-up run failed: {exc}") from exc
+        return session
+
+    def sessions(self) -> list[ModelSession]:
+        return list(self._sessions.values())
+
+    def close(self) -> None:
+        """Drop every session and stop the thread pool (waits for runs in flight)."""
+        self.executor.shutdown(wait=True)
+        self._sessions.clear()

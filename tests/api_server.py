@@ -1,0 +1,86 @@
+"""Start the real service (`python -m service serve`) on a free loopback port for tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_PLUGIN = '["tests.helpers.tiny_models:register_test_detector"]'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def client(self, **kw: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kw)  # type: ignore[arg-type]
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def run_server(env: dict[str, str], log_dir: Path, *, ready: bool = True, workers: int = 1) -> Iterator[Server]:
+    port = free_port()
+    full = {k: v for k, v in os.environ.items() if not k.startswith("EMOSERVE_")}
+    full.update({"EMOSERVE_PLUGINS": TEST_PLUGIN, "PYTHONPATH": str(REPO), "EMOSERVE_LOG_LEVEL": "INFO", **env})
+    log = log_dir / f"server-{port}.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
+            cwd=REPO,
+            env=full,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{server.logs()}")
+            try:
+                r = httpx.get(server.url + ("/readyz" if ready else "/healthz"), timeout=2)
+                if r.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready in 60 s:\n{server.logs()}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,1 @@
+"""Test helpers: tiny models generated on the fly."""

@@ -1,0 +1,403 @@
+"""The REST service end to end: a real uvicorn process, real onnxruntime sessions, a real Redis."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+import json
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+from model_store import ModelStore
+from tests.api_server import Server, free_port, run_server
+from tests.conftest import shared_path
+from tests.helpers.tiny_models import publish_test_detector, publish_tiny_classifier, publish_yunet
+
+DETECTOR = "center-det@production"
+CLASSIFIER = "tiny-emotion@production"
+
+
+def jpeg(seed: int | None = 0, size: tuple[int, int] = (320, 240)) -> bytes:
+    """A noise JPEG; seed None gives one never seen before (so the result cache cannot answer it)."""
+    rng = np.random.default_rng(time.time_ns() if seed is None else seed)
+    img = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    return bytes(cv2.imencode(".jpg", img)[1])
+
+
+@pytest.fixture(scope="module")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("api-models")
+    store = ModelStore(work / "root", shipped=None)
+    publish_test_detector(store, work)
+    publish_tiny_classifier(store, work)
+    return work / "root"
+
+
+def base_env(root: Path, **extra: str) -> dict[str, str]:
+    return {"EMOSERVE_MODEL_ROOT": str(root), "EMOSERVE_DETECTOR": DETECTOR, "EMOSERVE_CLASSIFIER": CLASSIFIER, **extra}
+
+
+@pytest.fixture(scope="module")
+def server(model_root: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = base_env(
+        model_root, EMOSERVE_REDIS_URL=redis_url, EMOSERVE_MAX_BODY_BYTES="2000000", EMOSERVE_BATCH_LIMIT="4"
+    )
+    with run_server(env, tmp_path_factory.mktemp("logs")) as s:
+        yield s
+
+
+def metric(text: str, metric_name: str, **labels: str) -> float:
+    """Sum of the samples of `metric_name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{metric_name}(\{{(.*)\}})? ([0-9.e+-]+)$", line)
+        if m and all(f'{k}="{v}"' in (m.group(2) or "") for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
+
+
+def check_result(body: dict) -> None:
+    assert set(body) == {"image", "models", "faces", "timings_ms"}
+    assert body["models"]["classifier"]["name"] == "tiny-emotion"
+    for face in body["faces"]:
+        assert set(face["box"]) == {"x1", "y1", "x2", "y2"}
+        scores = face["emotion"]["scores"]
+        assert len(scores) == 7 and abs(sum(scores.values()) - 1) < 1e-4
+        assert face["emotion"]["label"] == max(scores, key=scores.get)
+
+
+def test_analyze_three_input_forms(server: Server) -> None:
+    img = jpeg(1)
+    with server.client() as c:
+        forms = [
+            c.post("/v1/analyze", files={"image": ("a.jpg", img, "image/jpeg")}),
+            c.post("/v1/analyze", content=img, headers={"content-type": "image/jpeg"}),
+            c.post("/v1/analyze", json={"image_base64": base64.b64encode(img).decode(), "landmarks": False}),
+        ]
+    for r in forms:
+        assert r.status_code == 200, r.text
+        check_result(r.json())
+        assert r.json()["image"] == {"width": 320, "height": 240}
+        assert len(r.json()["faces"]) == 1
+    assert forms[0].json()["faces"][0]["landmarks"] is not None
+    assert forms[2].json()["faces"][0]["landmarks"] is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"content": b"not an image", "headers": {"content-type": "image/jpeg"}}, 400, "invalid_image"),
+        ({"content": b"", "headers": {"content-type": "image/png"}}, 400, "invalid_image"),
+        ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
+        ({"content": b"{", "headers": {"content-type": "application/json"}}, 422, "invalid_options"),
+        ({"json": {"image_base64": "%%%"}}, 400, "invalid_image"),
+        ({"json": {"nothing": 1}}, 400, "invalid_image"),
+        ({"files": {"other": ("a.jpg", b"x", "image/jpeg")}}, 400, "invalid_image"),
+        (
+            {"content": b"x" * 100, "headers": {"content-type": "multipart/form-data; boundary=zz"}},
+            400,
+            "invalid_image",
+        ),
+    ],
+)
+def test_bad_input_gets_clear_4xx(server: Server, kwargs: dict, status: int, code: str) -> None:
+    with server.client() as c:
+        r = c.post("/v1/analyze", **kwargs)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
+
+
+def test_bad_options_are_422(server: Server) -> None:
+    with server.client() as c:
+        for query in ("max_faces=0", "threshold=2", "threshold=abc", "min_face_size=-1", "explain=true"):
+            r = c.post(f"/v1/analyze?{query}", content=jpeg(), headers={"content-type": "image/jpeg"})
+            assert r.status_code == 422, (query, r.text)
+            assert r.json()["error"]["code"] == "invalid_options"
+
+
+def test_pixel_limit_is_413(model_root: Path, tmp_path: Path) -> None:
+    with run_server(base_env(model_root, EMOSERVE_MAX_IMAGE_PIXELS="10000"), tmp_path) as s, s.client() as c:
+        r = c.post("/v1/analyze", content=jpeg(size=(200, 200)), headers={"content-type": "image/jpeg"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "image_too_large"
+
+
+def test_oversized_upload_is_cut_off_early(server: Server) -> None:
+    limit = 2_000_000
+    sent = 0
+
+    def body() -> Iterator[bytes]:
+        nonlocal sent
+        chunk = b"\0" * 65536
+        for _ in range(2000):  # up to 131 MB if nobody stops us
+            sent += len(chunk)
+            yield chunk
+
+    with server.client() as c:
+        try:
+            r = c.post("/v1/analyze", content=body(), headers={"content-type": "image/jpeg"})
+            assert r.status_code == 413
+            assert r.json()["error"]["code"] == "payload_too_large"
+        except httpx.HTTPError:
+            pass  # the server may close the connection while we are still sending
+        declared = c.post("/v1/analyze", content=b"\0" * (limit + 1), headers={"content-type": "image/jpeg"})
+    assert declared.status_code == 413
+    assert sent < 10 * limit, f"server read {sent} bytes before refusing"
+
+
+def test_batch_keeps_order_and_isolates_bad_images(server: Server) -> None:
+    files = [
+        ("images", ("a.jpg", jpeg(1), "image/jpeg")),
+        ("images", ("b.jpg", b"junk", "image/jpeg")),
+        ("images", ("c.jpg", jpeg(3, (160, 120)), "image/jpeg")),
+    ]
+    with server.client() as c:
+        r = c.post("/v1/analyze/batch", files=files)
+        too_many = c.post("/v1/analyze/batch", files=[("images", ("x.jpg", jpeg(i), "image/jpeg")) for i in range(5)])
+    assert r.status_code == 200
+    results = r.json()["results"]
+    assert [next(iter(x)) for x in results] == ["image", "error", "image"]
+    assert results[1]["error"]["code"] == "invalid_image"
+    assert results[2]["image"] == {"width": 160, "height": 120}
+    assert too_many.status_code == 400 and "batch limit" in too_many.json()["error"]["message"]
+
+
+def test_annotate_returns_jpeg(server: Server) -> None:
+    with server.client() as c:
+        r = c.post("/v1/annotate", files={"image": ("a.jpg", jpeg(2), "image/jpeg")})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    img = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None and img.shape == (240, 320, 3)
+
+
+def test_second_identical_request_is_a_cache_hit(server: Server) -> None:
+    img = jpeg(None)
+    with server.client() as c:
+        before = metric(c.get("/metrics").text, "emoserve_cache_requests_total", result="hit")
+        first = c.post("/v1/analyze", content=img, headers={"content-type": "image/jpeg"}).json()
+        second = c.post("/v1/analyze", content=img, headers={"content-type": "image/jpeg"}).json()
+        after = metric(c.get("/metrics").text, "emoserve_cache_requests_total", result="hit")
+    assert after == before + 1
+    assert first == second
+
+
+def test_metrics_names_after_traffic(server: Server) -> None:
+    with server.client() as c:
+        assert c.post("/v1/analyze", content=jpeg(None), headers={"content-type": "image/jpeg"}).status_code == 200
+        text = c.get("/metrics").text
+    for name in [
+        "emoserve_requests_total",
+        "emoserve_request_duration_seconds_bucket",
+        "emoserve_stage_duration_seconds_bucket",
+        "emoserve_batch_size_bucket",
+        "emoserve_faces_per_image_bucket",
+        "emoserve_emotions_total",
+        "emoserve_inflight_requests",
+        "emoserve_queue_depth",
+        "emoserve_model_info",
+        "emoserve_cache_requests_total",
+        "emoserve_rate_limited_total",
+    ]:
+        assert re.search(rf"^{name}[{{ ]", text, re.M), name
+    assert metric(text, "emoserve_model_info", role="classifier", name="tiny-emotion", version="1") == 1
+    for stage in ("decode", "queue", "detect", "align", "classify"):
+        assert metric(text, "emoserve_stage_duration_seconds_count", stage=stage) >= 1, stage
+
+
+def test_health_and_models(server: Server) -> None:
+    with server.client() as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        ready = c.get("/readyz").json()
+        models = c.get("/v1/models").json()
+        one = c.get("/v1/models/tiny-emotion")
+        missing = c.get("/v1/models/nothing")
+        bad = c.get("/v1/models/..%2Fetc")
+    assert ready["ready"] is True and ready["redis"] == "ok"
+    assert models["loaded"]["classifier"]["provider"] == "CPUExecutionProvider"
+    assert {m["name"] for m in models["store"]} == {"center-det", "tiny-emotion"}
+    assert one.status_code == 200 and one.json()["aliases"] == {"production": 1}
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert bad.status_code in (404, 422)
+
+
+def test_not_ready_is_503_with_retry_after(tmp_path: Path) -> None:
+    env = {
+        "EMOSERVE_MODEL_ROOT": str(tmp_path / "empty"),
+        "EMOSERVE_DETECTOR": DETECTOR,
+        "EMOSERVE_CLASSIFIER": CLASSIFIER,
+    }
+    with run_server(env, tmp_path, ready=False) as s, s.client() as c:
+        ready = c.get("/readyz")
+        r = c.post("/v1/analyze", content=jpeg(), headers={"content-type": "image/jpeg"})
+    assert ready.status_code == 503 and "no model named" in ready.json()["error"]
+    assert r.status_code == 503 and r.headers["retry-after"] and r.json()["error"]["code"] == "model_not_ready"
+
+
+def test_rate_limit_429_with_retry_after(model_root: Path, redis_url: str, tmp_path: Path) -> None:
+    env = base_env(
+        model_root,
+        EMOSERVE_REDIS_URL=redis_url,
+        EMOSERVE_RATE_LIMIT_PER_S="0.5",
+        EMOSERVE_RATE_LIMIT_BURST="3",
+        EMOSERVE_API_KEYS=f'["key-{time.time_ns()}"]',
+    )
+    key = json.loads(env["EMOSERVE_API_KEYS"])[0]
+    with run_server(env, tmp_path) as s, s.client(headers={"X-API-Key": key}) as c:
+        codes = [c.post("/v1/analyze", content=jpeg(i), headers={"content-type": "image/jpeg"}) for i in range(5)]
+        text = c.get("/metrics").text
+    assert [r.status_code for r in codes] == [200, 200, 200, 429, 429]
+    assert int(codes[3].headers["retry-after"]) >= 1
+    assert codes[3].json()["error"]["code"] == "rate_limited"
+    assert metric(text, "emoserve_rate_limited_total") == 2
+
+
+def test_api_keys_and_admin_scope(model_root: Path, tmp_path: Path) -> None:
+    env = base_env(model_root, EMOSERVE_API_KEYS='["client-key"]', EMOSERVE_ADMIN_KEYS='["admin-key"]')
+    with run_server(env, tmp_path) as s, s.client() as c:
+        no_key = c.post("/v1/analyze", content=jpeg(), headers={"content-type": "image/jpeg"})
+        bad_key = c.post("/v1/analyze", content=jpeg(), headers={"content-type": "image/jpeg", "X-API-Key": "x"})
+        ok = c.post(
+            "/v1/analyze", content=jpeg(), headers={"content-type": "image/jpeg", "Authorization": "Bearer client-key"}
+        )
+        forbidden = c.put(
+            "/v1/models/tiny-emotion/aliases/staging", json={"version": 1}, headers={"X-API-Key": "client-key"}
+        )
+        admin = c.put(
+            "/v1/models/tiny-emotion/aliases/staging", json={"version": 1}, headers={"X-API-Key": "admin-key"}
+        )
+        bad_version = c.put(
+            "/v1/models/tiny-emotion/aliases/staging", json={"version": "x"}, headers={"X-API-Key": "admin-key"}
+        )
+    assert (no_key.status_code, bad_key.status_code, ok.status_code) == (401, 401, 200)
+    assert forbidden.status_code == 403 and admin.status_code == 200
+    assert bad_version.status_code == 422
+
+
+def test_promotion_under_load_answers_everything(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "root", shipped=None)
+    publish_test_detector(store, tmp_path)
+    publish_tiny_classifier(store, tmp_path)  # v1 = production
+    store.publish(
+        store.manifest("tiny-emotion@1").model_dump(exclude={"version", "files", "created"}),
+        {"model.onnx": store.get("tiny-emotion@1").model_path},
+    )  # v2
+    env = base_env(tmp_path / "root", EMOSERVE_ADMIN_KEYS='["admin"]', EMOSERVE_CACHE_TTL_S="0")
+    with run_server(env, tmp_path) as s:
+
+        def one(i: int) -> tuple[int, int | None]:
+            with httpx.Client(base_url=s.url, timeout=60, headers={"X-API-Key": "admin"}) as c:
+                r = c.post("/v1/analyze", content=jpeg(i % 7), headers={"content-type": "image/jpeg"})
+                return r.status_code, r.json().get("models", {}).get("classifier", {}).get("version")
+
+        with cf.ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(one, i) for i in range(120)]
+            time.sleep(0.3)
+            with s.client() as c:
+                put = c.put(
+                    "/v1/models/tiny-emotion/aliases/production", json={"version": 2}, headers={"X-API-Key": "admin"}
+                )
+            results = [f.result() for f in futures]
+            after = one(999)
+    assert put.status_code == 200 and put.json()["reloaded"] is True
+    assert all(code == 200 for code, _ in results), [r for r in results if r[0] != 200][:5]
+    assert {v for _, v in results} <= {1, 2}
+    assert after == (200, 2)
+
+
+def test_failed_load_keeps_old_version(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "root", shipped=None)
+    publish_test_detector(store, tmp_path)
+    publish_tiny_classifier(store, tmp_path)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"this is not an onnx graph")
+    store.publish(
+        store.manifest("tiny-emotion@1").model_dump(exclude={"version", "files", "created"}), {"model.onnx": broken}
+    )
+    env = base_env(tmp_path / "root", EMOSERVE_ADMIN_KEYS='["admin"]')
+    with run_server(env, tmp_path) as s, s.client(headers={"X-API-Key": "admin"}) as c:
+        r = c.put("/v1/models/tiny-emotion/aliases/production", json={"version": 2})
+        still = c.post("/v1/analyze", content=jpeg(), headers={"content-type": "image/jpeg"})
+    assert r.status_code == 409 and "failed to load" in r.json()["error"]["message"]
+    assert still.status_code == 200 and still.json()["models"]["classifier"]["version"] == 1
+    assert ModelStore(tmp_path / "root", shipped=None).aliases("tiny-emotion") == {"production": 1}
+
+
+def test_alias_change_reaches_every_replica(model_root: Path, redis_url: str, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "root", shipped=None)
+    publish_test_detector(store, tmp_path)
+    publish_tiny_classifier(store, tmp_path)
+    store.publish(
+        store.manifest("tiny-emotion@1").model_dump(exclude={"version", "files", "created"}),
+        {"model.onnx": store.get("tiny-emotion@1").model_path},
+    )
+    env = base_env(tmp_path / "root", EMOSERVE_REDIS_URL=redis_url, EMOSERVE_ADMIN_KEYS='["admin"]')
+    with run_server(env, tmp_path) as a, run_server(env, tmp_path) as b:
+        with a.client(headers={"X-API-Key": "admin"}) as c:
+            assert c.put("/v1/models/tiny-emotion/aliases/production", json={"version": 2}).status_code == 200
+        deadline = time.monotonic() + 15
+        with b.client(headers={"X-API-Key": "admin"}) as c:
+            while c.get("/v1/models").json()["loaded"]["classifier"]["version"] != 2:
+                assert time.monotonic() < deadline, "replica b never reloaded"
+                time.sleep(0.1)
+        # and back, from the other side
+        with b.client(headers={"X-API-Key": "admin"}) as c:
+            assert c.put("/v1/models/tiny-emotion/aliases/production", json={"version": 1}).status_code == 200
+        with a.client(headers={"X-API-Key": "admin"}) as c:
+            while c.get("/v1/models").json()["loaded"]["classifier"]["version"] != 1:
+                assert time.monotonic() < deadline + 15, "replica a never reloaded"
+                time.sleep(0.1)
+
+
+def test_service_survives_redis_stopping(model_root: Path, tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs the redis-server binary to start and stop a Redis of its own")
+    port = free_port()
+    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    redis_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    time.sleep(0.5)
+    env = base_env(model_root, EMOSERVE_REDIS_URL=f"redis://127.0.0.1:{port}/0", EMOSERVE_RATE_LIMIT_PER_S="1000")
+    try:
+        with run_server(env, tmp_path) as s, s.client() as c:
+            post = lambda i: c.post("/v1/analyze", content=jpeg(i), headers={"content-type": "image/jpeg"})  # noqa: E731
+            assert post(1).status_code == 200
+            redis_proc.terminate()
+            redis_proc.wait(timeout=10)
+            during = [post(i).status_code for i in range(2, 8)]
+            assert c.get("/readyz").json()["redis"] == "unavailable"
+            redis_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+            deadline = time.monotonic() + 15
+            while True:
+                post(100)
+                if c.get("/readyz").json()["redis"] == "ok":
+                    break
+                assert time.monotonic() < deadline, "never reconnected to Redis"
+                time.sleep(0.3)
+            text = c.get("/metrics").text
+        assert during == [200] * 6
+        assert metric(text, "emoserve_redis_errors_total") >= 1
+        assert "unavailable" in s.logs() and "is back" in s.logs()
+    finally:
+        redis_proc.kill()
+
+
+def test_real_photo_with_yunet(tmp_path: Path) -> None:
+    pytest.importorskip("service.pipeline.detectors.yunet", reason="the yunet detector family is not in the tree yet")
+    photo = shared_path("media", "photos", "12_angry_men.jpg")
+    yunet = shared_path("models", "detectors", "yunet", "face_detection_yunet_2023mar.onnx")
+    store = ModelStore(tmp_path / "root", shipped=None)
+    publish_yunet(store, yunet)
+    publish_tiny_classifier(store, tmp_path)
+    env = {"EMOSERVE_MODEL_ROOT": str(tmp_path / "root"), "EMOSERVE_CLASSIFIER": CLASSIFIER}
+    with run_server(env, tmp_path) as s, s.client() as c:
+        r = c.post("/v1/analyze", files={"image": ("12_angry_men.jpg", photo.read_bytes(), "image/jpeg")})
+    assert r.status_code == 200
+    check_result(r.json())
+    assert len(r.json()["faces"]) >= 8
