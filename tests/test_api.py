@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -401,3 +402,52 @@ def test_real_photo_with_yunet(tmp_path: Path) -> None:
     assert r.status_code == 200
     check_result(r.json())
     assert len(r.json()["faces"]) >= 8
+
+
+def test_schemathesis_finds_no_server_error(server: Server) -> None:
+    """Property-based requests generated from the OpenAPI schema never get a 5xx."""
+    cli = Path(sys.executable).with_name("schemathesis")
+    if not cli.exists():
+        pytest.skip("schemathesis is not installed (dev extra)")
+    proc = subprocess.run(
+        [
+            str(cli),
+            "run",
+            f"{server.url}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "25",
+            "--seed",
+            "1234",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert "No issues found" in proc.stdout
+
+
+def test_metrics_add_up_across_workers(model_root: Path, tmp_path: Path) -> None:
+    with run_server(base_env(model_root, EMOSERVE_CACHE_TTL_S="0"), tmp_path, workers=2) as s:
+        with s.client() as c:
+            before = metric(c.get("/metrics").text, "emoserve_requests_total", endpoint="/v1/analyze", code="200")
+        n = 24
+        with cf.ThreadPoolExecutor(6) as pool:
+            codes = list(
+                pool.map(
+                    lambda i: (
+                        httpx.post(
+                            f"{s.url}/v1/analyze", content=jpeg(i), headers={"content-type": "image/jpeg"}, timeout=30
+                        ).status_code
+                    ),
+                    range(n),
+                )
+            )
+        with s.client() as c:
+            text = c.get("/metrics").text
+    assert codes == [200] * n
+    assert metric(text, "emoserve_requests_total", endpoint="/v1/analyze", code="200") == before + n
+    assert metric(text, "emoserve_model_info", role="classifier", name="tiny-emotion", version="1") == 1
