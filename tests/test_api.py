@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures as cf
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -348,12 +349,27 @@ def test_alias_change_reaches_every_replica(model_root: Path, redis_url: str, tm
             while c.get("/v1/models").json()["loaded"]["classifier"]["version"] != 2:
                 assert time.monotonic() < deadline, "replica b never reloaded"
                 time.sleep(0.1)
-        # and back, from the other side
-        with b.client(headers={"X-API-Key": "admin"}) as c:
-            assert c.put("/v1/models/tiny-emotion/aliases/production", json={"version": 1}).status_code == 200
+        # from the command line: `emoserve models promote` announces through Redis too
+        cli_env = {**os.environ, **env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        cli = subprocess.run(
+            [sys.executable, "-m", "service", "models", "promote", "tiny-emotion", "1"],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert cli.returncode == 0 and "announced" in cli.stdout, cli.stderr
         with a.client(headers={"X-API-Key": "admin"}) as c:
             while c.get("/v1/models").json()["loaded"]["classifier"]["version"] != 1:
-                assert time.monotonic() < deadline + 15, "replica a never reloaded"
+                assert time.monotonic() < deadline + 15, "replica a never reloaded after the CLI promote"
+                time.sleep(0.1)
+        # and from the other side: b's change reaches a
+        with b.client(headers={"X-API-Key": "admin"}) as c:
+            assert c.put("/v1/models/tiny-emotion/aliases/production", json={"version": 2}).status_code == 200
+        with a.client(headers={"X-API-Key": "admin"}) as c:
+            while c.get("/v1/models").json()["loaded"]["classifier"]["version"] != 2:
+                assert time.monotonic() < deadline + 30, "replica a never reloaded"
                 time.sleep(0.1)
 
 

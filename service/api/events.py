@@ -22,6 +22,20 @@ def encode(event: StoreEvent) -> str:
     return json.dumps({"kind": event.kind, "name": event.name, "version": event.version, "alias": event.alias})
 
 
+def publish_sync(redis_url: str, event: StoreEvent) -> bool:
+    """Announce a store change made outside the service (e.g. `emoserve models promote`)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+        client.publish(CHANNEL, encode(event))
+        client.close()
+    except (RedisError, OSError) as exc:
+        log.warning("could not announce %s on %s: %s", event, redis_url, exc)
+        return False
+    return True
+
+
 class ModelEvents:
     """Publishes local store events and reloads on events from any replica."""
 

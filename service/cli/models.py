@@ -10,10 +10,11 @@ import typer
 import yaml
 from rich.table import Table
 
-from model_store import ArtifactCorrupt, InvalidName, ModelRef, parse_ref
+from model_store import ArtifactCorrupt, InvalidName, ModelRef, StoreEvent, parse_ref
 from model_store.catalog import Catalog
 from model_store.pull import pull as pull_model
 from service.cli.common import fail, handle_errors, load_settings, open_store, out_console
+from service.settings import Settings
 
 app = typer.Typer(help="Manage the versioned model store.", no_args_is_help=True)
 
@@ -177,19 +178,32 @@ def promote(
     alias: AliasOpt = "production",
 ) -> None:
     """Point NAME@ALIAS (default production) at VERSION."""
-    store = open_store(load_settings())
+    settings = load_settings()
+    store = open_store(settings)
     previous = store.set_alias(name, alias, version)
     out_console.print(f"{name}@{alias}: {previous if previous is not None else '-'} -> {version}")
+    _announce(settings, StoreEvent("alias", name, version, alias))
 
 
 @app.command()
 @handle_errors
 def rollback(name: Annotated[str, typer.Argument()], alias: AliasOpt = "production") -> None:
     """Point NAME@ALIAS back at the version it had before its last change."""
-    store = open_store(load_settings())
+    settings = load_settings()
+    store = open_store(settings)
     before = store.aliases(name).get(alias)
     target = store.rollback(name, alias)
     out_console.print(f"{name}@{alias}: {before} -> {target}")
+    _announce(settings, StoreEvent("alias", name, target, alias))
+
+
+def _announce(settings: Settings, event: StoreEvent) -> None:
+    """Tell running services (through Redis, when configured) so that every replica reloads."""
+    if settings.redis_url:
+        from service.api.events import publish_sync
+
+        if publish_sync(settings.redis_url, event):
+            out_console.print("announced to running services through Redis")
 
 
 @app.command()
