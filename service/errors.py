@@ -80,6 +80,10 @@ class Forbidden(EmoserveError):
     """The key lacks the scope (admin) the call needs."""
 
 
+class ShuttingDown(EmoserveError):
+    """The server is stopping; open streams are closed (WebSocket 1001 going away)."""
+
+
 @dataclass(frozen=True)
 class ErrorSpec:
     code: str
@@ -93,6 +97,7 @@ ERROR_TABLE: list[tuple[type[BaseException], ErrorSpec]] = [
     (RateLimited, ErrorSpec("rate_limited", 429, 1013, 7)),
     (RequestTimeout, ErrorSpec("timeout", 503, 1013, 7)),
     (Overloaded, ErrorSpec("overloaded", 503, 1013, 7)),
+    (ShuttingDown, ErrorSpec("shutting_down", 503, 1001, 7)),
     (InvalidImage, ErrorSpec("invalid_image", 400, 1003, 2)),
     (ImageTooLarge, ErrorSpec("image_too_large", 413, 1009, 2)),
     (UnsupportedMediaType, ErrorSpec("unsupported_media_type", 415, 1003, 2)),

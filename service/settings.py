@@ -74,6 +74,26 @@ class Settings(BaseSettings):
     )
     admin_keys: list[str] = Field(default_factory=list, description="Admin API keys, same forms as api_keys.")
 
+    # -- WebSocket stream (/v1/stream) -----------------------------------------------------------
+    ws_max_frame_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest encoded stream frame; a bigger one closes the stream (1009).",
+    )
+    ws_max_fps: float = Field(
+        60.0,
+        ge=0.0,
+        le=1000.0,
+        description="Most frames per second processed per stream (0 = no cap); the others are dropped.",
+    )
+    ws_track_max_missed: int = Field(
+        10, ge=0, le=10_000, description="Frames a face track may go undetected before it expires."
+    )
+    ws_auth_timeout_s: float = Field(
+        10.0, gt=0.0, le=600.0, description="How long a stream without a key in the URL waits for its `auth` message."
+    )
+
     # -- Redis ---------------------------------------------------------------------------------
     redis_url: str | None = Field(None, description="redis://host:port/db; unset = in-process cache and limits.")
     cache_ttl_s: int = Field(300, ge=0, le=86_400 * 30, description="Result cache lifetime (0 disables it).")

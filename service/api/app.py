@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from model_store import ModelStore
 from service import __version__
-from service.api import error_handlers, routes_analyze, routes_health, routes_models
+from service.api import error_handlers, routes_analyze, routes_health, routes_models, routes_stream, stream_demo
 from service.api.auth import KeyRing
 from service.api.body_limit import BodyLimitMiddleware
 from service.api.cache import ResultCache
@@ -24,6 +24,7 @@ from service.api.model_manager import ModelManager
 from service.api.ratelimit import RateLimiter
 from service.api.redis_link import RedisLink
 from service.api.serving import build_pipeline_factory
+from service.api.stream_hub import StreamHub
 from service.errors import ModelLoadFailed
 from service.settings import Settings, get_settings
 
@@ -70,9 +71,13 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
             keys=KeyRing(settings.api_keys, settings.admin_keys),
             redis=redis,
         )
+        streams = app.state.streams = StreamHub()
+        streams.install_signal_hook()  # open streams close with 1001 before uvicorn's own shutdown
         try:
             yield
         finally:
+            await streams.close_all()
+            streams.uninstall_signal_hook()
             await events.aclose()
             await manager.aclose()
             await closer()
@@ -89,6 +94,8 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
     app.include_router(routes_health.router)
     app.include_router(routes_analyze.router)
     app.include_router(routes_models.router)
+    app.include_router(routes_stream.router)
+    stream_demo.install(app)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(

@@ -57,6 +57,22 @@ class Metrics:
             registry=r,
         )
 
+        self.ws_connections = Gauge(
+            "emoserve_ws_connections", "Open WebSocket streams", multiprocess_mode="livesum", registry=r
+        )
+        self.ws_frames = Counter(
+            "emoserve_ws_frames_total",
+            "Stream frames by outcome (processed, dropped, invalid)",
+            ["outcome"],
+            registry=r,
+        )
+        self.ws_frame_latency = Histogram(
+            "emoserve_ws_frame_latency_seconds",
+            "Stream frame latency, from its arrival to its result",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
     def set_models(self, models: dict[str, tuple[str, int, str]]) -> None:
         """`models` maps role -> (name, version, provider); replaces the previous info series."""
         self.model_info.clear()

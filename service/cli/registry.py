@@ -13,6 +13,7 @@ import typer
 COMMAND_MODULES: list[str] = [
     "service.cli.predict",  # issue: pipeline   (emoserve predict)
     "service.cli.serve",
+    "service.cli.stream",  # issue: streaming  (emoserve stream)
     # "training.cli",          # issue: training   (train, evaluate, compare, explain)
 ]
 

@@ -1,0 +1,41 @@
+"""Turn what a caller passes (a path, encoded bytes or a BGR array) into encoded image bytes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+ImageLike = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray]
+
+
+def encode(image: ImageLike, quality: int = 90) -> bytes:
+    """Encoded bytes for `image`: a file is read, bytes pass through, a BGR uint8 array becomes JPEG."""
+    if isinstance(image, bytes | bytearray | memoryview):
+        return bytes(image)
+    if isinstance(image, np.ndarray):
+        import cv2
+
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise ValueError(f"cannot encode an array of shape {image.shape} as JPEG")
+        return bytes(buf.tobytes())
+    return Path(image).read_bytes()
+
+
+def content_type(data: bytes) -> str:
+    """The image media type from the magic bytes (JPEG when unknown: the server sniffs anyway)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:2] == b"BM":
+        return "image/bmp"
+    return "image/jpeg"
+
+
+def query(options: dict[str, Any]) -> dict[str, str]:
+    """Analyze options as query parameters (None = server default)."""
+    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in options.items() if v is not None}

@@ -1,0 +1,194 @@
+"""The WebSocket stream from the client side: send frames, get one result per processed frame.
+
+The server keeps only the newest pending frame, so frames sent faster than it processes are
+dropped (reported in `dropped_since_last`); the last frame is never dropped, and the iterator ends
+with its result (or its error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import threading
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from emoserve_client.errors import StreamClosed
+from emoserve_client.inputs import ImageLike, encode
+from emoserve_client.models import StreamError, StreamResult, parse_server_message
+
+Frames = Iterable[ImageLike] | AsyncIterable[ImageLike]
+ErrorHook = Callable[[StreamError], None]
+
+
+def stream_url(base_url: str, api_key: str | None = None) -> str:
+    """`http(s)://host:port` -> `ws(s)://host:port/v1/stream[?api_key=...]`."""
+    parts = urlsplit(base_url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    path = parts.path.rstrip("/") + "/v1/stream"
+    return urlunsplit((scheme, parts.netloc, path, urlencode({"api_key": api_key}) if api_key else "", ""))
+
+
+def config_message(config: dict[str, Any] | None) -> str | None:
+    body = {k: v for k, v in (config or {}).items() if v is not None}
+    return json.dumps({"type": "config", **body}) if body else None
+
+
+def _closed(exc: Exception) -> StreamClosed:
+    rcvd = getattr(exc, "rcvd", None)
+    return StreamClosed(getattr(rcvd, "code", None), getattr(rcvd, "reason", "") or str(exc))
+
+
+def _is_clean(exc: Exception) -> bool:
+    rcvd = getattr(exc, "rcvd", None)
+    return rcvd is not None and rcvd.code == 1000
+
+
+async def _aiter_frames(frames: Frames) -> AsyncIterator[ImageLike]:
+    if isinstance(frames, AsyncIterable):
+        async for frame in frames:
+            yield frame
+    else:
+        for frame in frames:
+            yield frame
+
+
+async def astream(
+    base_url: str,
+    frames: Frames,
+    *,
+    api_key: str | None = None,
+    config: dict[str, Any] | None = None,
+    fps: float | None = None,
+    on_error: ErrorHook | None = None,
+    final_timeout_s: float = 30.0,
+) -> AsyncIterator[StreamResult]:
+    """Send `frames` (paths, bytes or BGR arrays; frame ids 0, 1, ...) and yield the results.
+
+    `fps` paces sending (None = as fast as the socket takes them). Errors for single frames go
+    to `on_error`; a close by the server other than 1000 raises `StreamClosed`.
+    """
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    last_id: list[int] = []  # set once every frame is sent
+    async with connect(stream_url(base_url, api_key), compression=None, max_size=None) as ws:
+        if (hello := config_message(config)) is not None:
+            await ws.send(hello)
+
+        async def send_all() -> None:
+            start, i = time.perf_counter(), -1
+            async for i, frame in _aenumerate(_aiter_frames(frames)):
+                if fps:
+                    await asyncio.sleep(max(0.0, start + i / fps - time.perf_counter()))
+                data = await asyncio.to_thread(encode, frame)
+                await ws.send(json.dumps({"type": "frame", "id": i, "ts": time.time()}))
+                await ws.send(data)
+            last_id.append(i)
+
+        sender = asyncio.create_task(send_all())
+        max_seen, deadline = -1, None
+        try:
+            while True:
+                if sender.done():
+                    if sender.exception() is not None:
+                        failure = sender.exception()
+                        raise _closed(failure) if isinstance(failure, ConnectionClosed) else failure  # type: ignore[misc]
+                    if max_seen >= last_id[0]:
+                        return
+                    deadline = deadline or time.monotonic() + final_timeout_s
+                    if time.monotonic() > deadline:
+                        return
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), 0.2)
+                except TimeoutError:
+                    continue
+                except ConnectionClosed as exc:
+                    if sender.done() and sender.exception() is None and _is_clean(exc):
+                        return
+                    raise _closed(exc) from None
+                message = parse_server_message(raw)
+                if isinstance(message, StreamError) and on_error is not None:
+                    on_error(message)
+                if isinstance(message, StreamResult):
+                    yield message
+                frame_id = getattr(message, "frame_id", None)
+                if isinstance(frame_id, int):
+                    max_seen = max(max_seen, frame_id)
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+
+
+async def _aenumerate(items: AsyncIterator[ImageLike]) -> AsyncIterator[tuple[int, ImageLike]]:
+    i = 0
+    async for item in items:
+        yield i, item
+        i += 1
+
+
+def stream_sync(
+    base_url: str,
+    frames: Iterable[ImageLike],
+    *,
+    api_key: str | None = None,
+    config: dict[str, Any] | None = None,
+    fps: float | None = None,
+    on_error: ErrorHook | None = None,
+    final_timeout_s: float = 30.0,
+) -> Iterator[StreamResult]:
+    """The blocking twin of `astream` (websockets' sync client; frames are sent from a thread)."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    done: queue.Queue[int | BaseException] = queue.Queue()
+    with connect(stream_url(base_url, api_key), compression=None, max_size=None) as ws:
+        if (hello := config_message(config)) is not None:
+            ws.send(hello)
+
+        def send_all() -> None:
+            start, i = time.perf_counter(), -1
+            try:
+                for i, frame in enumerate(frames):
+                    if fps:
+                        time.sleep(max(0.0, start + i / fps - time.perf_counter()))
+                    data = encode(frame)
+                    ws.send(json.dumps({"type": "frame", "id": i, "ts": time.time()}))
+                    ws.send(data)
+                done.put(i)
+            except BaseException as exc:  # reported to the reading thread
+                done.put(exc)
+
+        sender = threading.Thread(target=send_all, name="emoserve-stream-send", daemon=True)
+        sender.start()
+        last: int | None = None
+        max_seen, deadline = -1, 0.0
+        while True:
+            if last is None and not done.empty():
+                outcome = done.get()
+                if isinstance(outcome, BaseException):
+                    raise _closed(outcome) if isinstance(outcome, ConnectionClosed) else outcome
+                last, deadline = outcome, time.monotonic() + final_timeout_s
+            if last is not None and (max_seen >= last or time.monotonic() > deadline):
+                return
+            try:
+                raw = ws.recv(timeout=0.2)
+            except TimeoutError:
+                continue
+            except ConnectionClosed as exc:
+                if last is not None and _is_clean(exc):
+                    return
+                raise _closed(exc) from None
+            message = parse_server_message(raw)
+            if isinstance(message, StreamError) and on_error is not None:
+                on_error(message)
+            if isinstance(message, StreamResult):
+                yield message
+            frame_id = getattr(message, "frame_id", None)
+            if isinstance(frame_id, int):
+                max_seen = max(max_seen, frame_id)

@@ -1,0 +1,28 @@
+"""`WS /v1/stream`: real-time analysis of a stream of encoded frames (see docs/streaming.md)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, WebSocket
+
+from service.api.context import ServiceContext
+from service.api.stream_hub import StreamHub
+from service.api.stream_session import StreamSession
+
+router = APIRouter(prefix="/v1", tags=["stream"])
+
+
+@router.websocket("/stream")
+async def stream(websocket: WebSocket) -> None:
+    """Binary messages are frames (JPEG/PNG/WebP); text messages are JSON control messages."""
+    ctx: ServiceContext = websocket.app.state.ctx
+    hub: StreamHub = websocket.app.state.streams
+    session = StreamSession(websocket, ctx)
+    if hub.closing:
+        session.going_away()
+    hub.add(session)
+    ctx.metrics.ws_connections.inc()
+    try:
+        await session.run()
+    finally:
+        ctx.metrics.ws_connections.dec()
+        hub.discard(session)

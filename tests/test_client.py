@@ -1,0 +1,124 @@
+"""The Python SDK (clients/python/emoserve_client) against a real server: sync and async."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from emoserve_client import AnalysisResult, AsyncClient, Client, EmoserveAPIError, StreamClosed, StreamResult
+from emoserve_client.models import StreamError
+
+from model_store import ModelStore
+from tests.api_server import Server, run_server
+from tests.helpers.tiny_models import publish_test_detector, publish_tiny_classifier
+
+
+def image(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return cv2.GaussianBlur(rng.integers(140, 220, (240, 320, 3)).astype(np.uint8), (0, 0), 3)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    work = tmp_path_factory.mktemp("client-models")
+    store = ModelStore(work / "root", shipped=None)
+    publish_test_detector(store, work)
+    publish_tiny_classifier(store, work)
+    env = {
+        "EMOSERVE_MODEL_ROOT": str(work / "root"),
+        "EMOSERVE_DETECTOR": "center-det@production",
+        "EMOSERVE_CLASSIFIER": "tiny-emotion@production",
+        "EMOSERVE_WS_MAX_FRAME_BYTES": "100000",
+    }
+    with run_server(env, tmp_path_factory.mktemp("client-logs")) as s:
+        yield s
+
+
+def test_sync_client(server: Server, tmp_path: Path) -> None:
+    path = tmp_path / "face.png"
+    cv2.imwrite(str(path), image(1))
+    with Client(server.url) as c:
+        for source in (path, path.read_bytes(), image(1)):
+            result = c.analyze(source, max_faces=2)
+            assert isinstance(result, AnalysisResult) and len(result.faces) == 1
+        batch = c.analyze_batch([image(2), b"garbage", path])
+        assert isinstance(batch[0], AnalysisResult) and isinstance(batch[2], AnalysisResult)
+        assert isinstance(batch[1], EmoserveAPIError) and batch[1].code == "invalid_image"
+        jpeg = c.annotate(image(3))
+        decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), 1)
+        assert jpeg[:2] == b"\xff\xd8" and decoded is not None and decoded.shape == (240, 320, 3)
+        with pytest.raises(EmoserveAPIError) as info:
+            c.analyze(b"not an image")
+        assert info.value.status == 400 and info.value.code == "invalid_image"
+        errors: list[StreamError] = []
+        frames = [image(i) for i in range(6)] + [b"bad frame"] + [image(9)]
+        results = list(c.stream(frames, fps=20, smoothing=0.5, on_error=errors.append))
+    assert results and all(isinstance(r, StreamResult) for r in results)
+    assert results[-1].frame_id == 7 and {f.track_id for r in results for f in r.faces} == {1}
+    assert [e.frame_id for e in errors] == [6]
+    assert len(results) + sum(r.dropped_since_last for r in results) + len(errors) == 8
+
+
+def test_async_client(server: Server) -> None:
+    async def go() -> tuple[AnalysisResult, list[AnalysisResult | EmoserveAPIError], bytes, list[StreamResult]]:
+        async with AsyncClient(server.url) as c:
+            one = await c.analyze(image(4))
+            batch = await c.analyze_batch([image(5), image(6)])
+            jpeg = await c.annotate(image(7))
+
+            async def frames():  # an async source works as well as a list
+                for i in range(10):
+                    yield image(i)
+
+            results = [r async for r in c.stream(frames(), track=False)]
+            return one, batch, jpeg, results
+
+    one, batch, jpeg, results = asyncio.run(go())
+    assert len(one.faces) == 1 and one.faces[0].emotion.label
+    assert all(isinstance(r, AnalysisResult) for r in batch)
+    assert jpeg[:2] == b"\xff\xd8"
+    assert results[-1].frame_id == 9
+    assert all(f.track_id is None for r in results for f in r.faces)
+    assert len(results) + sum(r.dropped_since_last for r in results) == 10
+
+
+def test_stream_closed_by_the_server_raises(server: Server) -> None:
+    big = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)  # noise: a large JPEG
+
+    async def go() -> None:
+        async with AsyncClient(server.url) as c:
+            async for _ in c.stream([image(0), big, image(1)]):
+                pass
+
+    with pytest.raises(StreamClosed) as info:
+        asyncio.run(go())
+    assert info.value.code == 1009
+
+
+def test_cli_stream_writes_video_and_csv(server: Server, tmp_path: Path) -> None:
+    """`emoserve stream VIDEO --max --out --csv` against the real server."""
+    import csv
+    import subprocess
+    import sys
+
+    video = tmp_path / "in.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"mp4v"), 30, (320, 240))
+    for i in range(30):
+        writer.write(image(i))
+    writer.release()
+    out, table = tmp_path / "annotated.mp4", tmp_path / "emotions.csv"
+    cmd = [sys.executable, "-m", "service", "stream", str(video), "--url", server.url, "--max"]
+    proc = subprocess.run([*cmd, "--out", str(out), "--csv", str(table)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "p95" in proc.stderr and "dropped" in proc.stderr
+    cap = cv2.VideoCapture(str(out))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 30  # every source frame, annotated with the latest result
+    cap.release()
+    rows = list(csv.DictReader(table.open()))
+    assert rows and {"frame", "ts", "track_id", "x1", "label", "confidence", "happy"} <= set(rows[0])
+    assert {r["track_id"] for r in rows} == {"1"}
+    assert rows[-1]["frame"] == "29"

@@ -1,0 +1,311 @@
+"""`WS /v1/stream` end to end: a real uvicorn process, real websockets, the test detector + tiny classifier."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from model_store import ModelStore
+from tests.api_server import Server, run_server
+from tests.helpers.tiny_models import publish_test_detector, publish_tiny_classifier
+
+DETECTOR = "center-det@production"
+CLASSIFIER = "tiny-emotion@production"
+RESULT_KEYS = {"type", "frame_id", "ts", "latency_ms", "faces", "dropped_since_last"}
+FACE_KEYS = {"track_id", "box", "score", "landmarks", "emotion"}
+EMOTION_KEYS = {"label", "confidence", "scores", "smoothed_scores"}
+
+
+def frame(seed: int = 0, size: tuple[int, int] = (320, 240), brightness: int = 180) -> bytes:
+    """A bright noise JPEG (the test detector finds one face in the middle of bright images)."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(brightness - 40, brightness + 40, (size[1], size[0], 3)).clip(0, 255).astype(np.uint8)
+    img = np.asarray(cv2.GaussianBlur(img, (0, 0), 3), dtype=np.uint8)  # camera-like: compresses to a few tens of kB
+    return bytes(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])[1])
+
+
+@pytest.fixture(scope="module")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("stream-models")
+    store = ModelStore(work / "root", shipped=None)
+    publish_test_detector(store, work)
+    publish_tiny_classifier(store, work)
+    return work / "root"
+
+
+def env(root: Path, **extra: str) -> dict[str, str]:
+    return {
+        "EMOSERVE_MODEL_ROOT": str(root),
+        "EMOSERVE_DETECTOR": DETECTOR,
+        "EMOSERVE_CLASSIFIER": CLASSIFIER,
+        "EMOSERVE_WS_MAX_FRAME_BYTES": "200000",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def server(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with run_server(env(model_root), tmp_path_factory.mktemp("stream-logs")) as s:
+        yield s
+
+
+def ws_url(server: Server, query: str = "") -> str:
+    return server.url.replace("http://", "ws://") + "/v1/stream" + query
+
+
+async def recv_json(ws: ClientConnection, timeout: float = 10.0) -> dict[str, Any]:
+    return dict(json.loads(await asyncio.wait_for(ws.recv(), timeout)))
+
+
+async def next_of(ws: ClientConnection, kind: str, timeout: float = 10.0) -> dict[str, Any]:
+    while True:
+        msg = await recv_json(ws, timeout)
+        if msg["type"] == kind:
+            return msg
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_results_carry_the_contract_fields(server: Server) -> None:
+    async def go() -> list[dict[str, Any]]:
+        async with connect(ws_url(server), compression=None) as ws:
+            await ws.send(json.dumps({"type": "config", "smoothing": 0.5, "track": True, "max_faces": 3}))
+            await ws.send(json.dumps({"type": "ping"}))
+            assert await recv_json(ws) == {"type": "pong"}
+            out = []
+            for i in range(5):
+                await ws.send(json.dumps({"type": "frame", "id": f"f{i}", "ts": 1000.0 + i}))
+                await ws.send(frame(i))
+                out.append(await next_of(ws, "result"))
+            return out
+
+    results = run(go())
+    assert [r["frame_id"] for r in results] == [f"f{i}" for i in range(5)]
+    assert [r["ts"] for r in results] == [1000.0 + i for i in range(5)]
+    for r in results:
+        assert set(r) == RESULT_KEYS
+        assert r["dropped_since_last"] == 0 and 0 < r["latency_ms"] < 5000
+        assert len(r["faces"]) == 1
+        face = r["faces"][0]
+        assert set(face) == FACE_KEYS and set(face["emotion"]) == EMOTION_KEYS
+        assert set(face["box"]) == {"x1", "y1", "x2", "y2"} and len(face["landmarks"]) == 5
+        smoothed = face["emotion"]["smoothed_scores"]
+        assert len(smoothed) == 7 and abs(sum(smoothed.values()) - 1) < 1e-3
+        assert face["emotion"]["label"] == max(smoothed, key=smoothed.get)
+    assert {r["faces"][0]["track_id"] for r in results} == {1}  # one stable track
+    # smoothing: the EMA differs from the raw scores after the first frame
+    last = results[-1]["faces"][0]["emotion"]
+    assert last["smoothed_scores"] != pytest.approx(last["scores"], abs=1e-6)
+
+
+def test_track_false_gives_null_ids_and_raw_scores(server: Server) -> None:
+    async def go() -> dict[str, Any]:
+        async with connect(ws_url(server), compression=None) as ws:
+            await ws.send(json.dumps({"type": "config", "track": False}))
+            await ws.send(frame(1))
+            return await next_of(ws, "result")
+
+    face = run(go())["faces"][0]
+    assert face["track_id"] is None
+    assert face["emotion"]["smoothed_scores"] == pytest.approx(face["emotion"]["scores"], abs=1e-5)
+
+
+def test_bad_frames_get_errors_and_the_stream_goes_on(server: Server) -> None:
+    async def go() -> list[dict[str, Any]]:
+        async with connect(ws_url(server), compression=None) as ws:
+            await ws.send(json.dumps({"type": "frame", "id": 7}))
+            await ws.send(b"this is not an image")
+            first = await recv_json(ws)
+            await ws.send("{not json")
+            second = await recv_json(ws)
+            await ws.send(json.dumps({"type": "config", "smoothing": 3}))
+            third = await recv_json(ws)
+            await ws.send(json.dumps({"type": "frame", "id": 8}))
+            await ws.send(frame(2))
+            fourth = await next_of(ws, "result")
+            return [first, second, third, fourth]
+
+    bad_frame, bad_json, bad_config, ok = run(go())
+    assert bad_frame["type"] == "error" and bad_frame["code"] == "invalid_image" and bad_frame["frame_id"] == 7
+    assert bad_json["type"] == "error" and bad_json["code"] == "invalid_options"
+    assert bad_config["type"] == "error" and "smoothing" in bad_config["message"]
+    assert ok["frame_id"] == 8 and len(ok["faces"]) == 1
+
+
+def test_a_fast_sender_gets_drops_and_bounded_latency(server: Server) -> None:
+    """200 frames at 200 fps: the server keeps the newest frame only, so it drops and stays current."""
+
+    async def go() -> tuple[list[dict[str, Any]], float]:
+        frames = [frame(i, (640, 480)) for i in range(8)]
+        results: list[dict[str, Any]] = []
+        async with connect(ws_url(server), compression=None) as ws:
+            await ws.send(json.dumps({"type": "config", "fps_limit": 0}))
+
+            async def reader() -> None:
+                while True:
+                    msg = await recv_json(ws, 20)
+                    if msg["type"] == "result":
+                        results.append(msg)
+                        if msg["frame_id"] == 199:
+                            return
+
+            task = asyncio.create_task(reader())
+            start = time.perf_counter()
+            for i in range(200):
+                await ws.send(json.dumps({"type": "frame", "id": i, "ts": time.time()}))
+                await ws.send(frames[i % len(frames)])
+                await asyncio.sleep(max(0.0, start + (i + 1) / 200 - time.perf_counter()))
+            await asyncio.wait_for(task, 20)
+            return results, time.perf_counter() - start
+
+    results, elapsed = run(go())
+    dropped = sum(r["dropped_since_last"] for r in results)
+    assert dropped > 0, "a 200 fps sender must see drops"
+    assert len(results) + dropped == 200  # every frame is either processed or reported dropped
+    assert results[-1]["frame_id"] == 199  # the newest frame is never dropped
+    latencies = sorted(r["latency_ms"] for r in results)
+    assert latencies[int(0.95 * (len(latencies) - 1))] < 1000, latencies[-10:]
+    assert elapsed < 15
+
+
+def test_oversize_frame_closes_with_1009(server: Server) -> None:
+    async def go() -> int | None:
+        async with connect(ws_url(server), compression=None, max_size=None) as ws:
+            await ws.send(b"\xff" * 300_000)  # over EMOSERVE_WS_MAX_FRAME_BYTES=200000
+            with pytest.raises(ConnectionClosed) as info:
+                await recv_json(ws)
+            return info.value.rcvd.code if info.value.rcvd else None
+
+    assert run(go()) == 1009
+
+
+def test_metrics_count_stream_frames(server: Server) -> None:
+    text = server.client().get("/metrics").text
+    assert "emoserve_ws_connections" in text
+    assert 'emoserve_ws_frames_total{outcome="processed"}' in text
+    assert 'emoserve_ws_frames_total{outcome="dropped"}' in text
+    assert "emoserve_ws_frame_latency_seconds_bucket" in text
+
+
+@pytest.fixture(scope="module")
+def keyed_server(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with run_server(env(model_root, EMOSERVE_API_KEYS='["s3cret"]'), tmp_path_factory.mktemp("keyed-logs")) as s:
+        yield s
+
+
+@pytest.mark.parametrize("how", ["none", "wrong-query", "wrong-message", "frame-first"])
+def test_auth_failure_closes_with_1008(keyed_server: Server, how: str) -> None:
+    async def go() -> int | None:
+        query = "?api_key=nope" if how == "wrong-query" else ""
+        async with connect(ws_url(keyed_server, query), compression=None) as ws:
+            if how == "wrong-message":
+                await ws.send(json.dumps({"type": "auth", "api_key": "nope"}))
+            elif how == "frame-first":
+                await ws.send(frame(0))
+            elif how == "none":
+                await ws.send(json.dumps({"type": "ping"}))
+            with pytest.raises(ConnectionClosed) as info:
+                await recv_json(ws)
+            return info.value.rcvd.code if info.value.rcvd else None
+
+    assert run(go()) == 1008
+
+
+@pytest.mark.parametrize("how", ["query", "message"])
+def test_auth_success(keyed_server: Server, how: str) -> None:
+    async def go() -> dict[str, Any]:
+        query = "?api_key=s3cret" if how == "query" else ""
+        async with connect(ws_url(keyed_server, query), compression=None) as ws:
+            if how == "message":
+                await ws.send(json.dumps({"type": "auth", "api_key": "s3cret"}))
+            await ws.send(frame(0))
+            return await next_of(ws, "result")
+
+    assert len(run(go())["faces"]) == 1
+
+
+def test_sigterm_closes_open_streams_with_1001(model_root: Path, tmp_path: Path) -> None:
+    with run_server(env(model_root), tmp_path) as srv:
+
+        async def go() -> int | None:
+            async with connect(ws_url(srv), compression=None) as ws:
+                await ws.send(frame(0))
+                await next_of(ws, "result")
+                srv.proc.send_signal(signal.SIGTERM)
+                with pytest.raises(ConnectionClosed) as info:
+                    while True:  # keep streaming until the server goes away
+                        await ws.send(frame(1))
+                        await recv_json(ws)
+                return info.value.rcvd.code if info.value.rcvd else None
+
+        code = run(go())
+        srv.proc.wait(timeout=20)
+        assert code == 1001, srv.logs()[-2000:]
+
+
+# -- the real detector on real footage (../shared) -----------------------------------------------
+@pytest.mark.shared
+@pytest.mark.slow
+def test_woman2_one_stable_track_and_smoothing_cuts_flips(tmp_path: Path) -> None:
+    pytest.importorskip("service.pipeline.detectors.yunet", reason="needs the YuNet detector module")
+    from tests.conftest import shared_path
+    from tests.helpers.tiny_models import publish_yunet
+
+    yunet = shared_path("models", "detectors", "yunet", "face_detection_yunet_2023mar.onnx")
+    video = shared_path("media", "videos", "woman2.mp4")
+    store = ModelStore(tmp_path / "root", shipped=None)
+    publish_yunet(store, yunet)
+    publish_tiny_classifier(store, tmp_path)
+    cap = cv2.VideoCapture(str(video))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 29.97
+    frames = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        frames.append(bytes(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])[1]))
+    cap.release()
+    assert len(frames) > 400
+    server_env = {**env(tmp_path / "root"), "EMOSERVE_DETECTOR": "yunet-2023mar@production"}
+    server_env["EMOSERVE_WS_MAX_FPS"] = "0"
+
+    async def go(url: str) -> list[dict[str, Any]]:
+        results = []
+        async with connect(url, compression=None) as ws:
+            await ws.send(json.dumps({"type": "config", "smoothing": 0.8, "track": True}))
+            for i, data in enumerate(frames):  # lockstep: every frame is processed
+                await ws.send(json.dumps({"type": "frame", "id": i, "ts": i / fps}))
+                await ws.send(data)
+                results.append(await next_of(ws, "result", 30))
+        return results
+
+    with run_server(server_env, tmp_path) as srv:
+        results = run(go(ws_url(srv)))
+    with_face = [r for r in results if r["faces"]]
+    assert len(with_face) >= 0.95 * len(frames), f"a face in {len(with_face)}/{len(frames)} frames"
+    assert {r["faces"][0]["track_id"] for r in with_face} == {1}, "one stable track over the clip"
+    from service.pipeline.tracking import label_flips
+
+    def raw_label(r: dict[str, Any]) -> str | None:
+        scores = r["faces"][0]["emotion"]["scores"] if r["faces"] else None
+        return max(scores, key=scores.get) if scores else None
+
+    raw = [raw_label(r) for r in results]
+    smooth = [r["faces"][0]["emotion"]["label"] if r["faces"] else None for r in results]
+    seconds = len(frames) / fps
+    raw_rate, smooth_rate = label_flips(raw) / seconds, label_flips(smooth) / seconds
+    print(f"label flips/s over {seconds:.1f} s: raw {raw_rate:.2f}, smoothed {smooth_rate:.2f}")
+    assert smooth_rate < raw_rate

@@ -1,0 +1,289 @@
+"""Explainability: Grad-CAM heat maps and feature-map grids, plus the `emoserve explain` command.
+
+    heat = gradcam(model, x)              # x: (C,H,W) or (1,C,H,W), already normalised; -> (H,W) in 0..1
+    png = overlay(face, heat)             # BGR uint8, OpenCV JET colormap blended on the face
+    grid = feature_grid(model, x, "features.0")
+
+The Grad-CAM layer is `layer` if given, else the model's `gradcam_layer` attribute (a dotted module
+name), else the last Conv2d. Token models (ViT) provide `gradcam_reshape(tokens) -> (B,D,h,w)`.
+Torch is needed here; the CLI module-level code imports neither torch nor cv2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import numpy as np
+import typer
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
+
+
+def find_layer(model: nn.Module, layer: str | None = None) -> nn.Module:
+    """The module named `layer`, the model's `gradcam_layer`, or its last Conv2d."""
+    import torch.nn as nn
+
+    name = layer or getattr(model, "gradcam_layer", None)
+    if isinstance(name, str):
+        return model.get_submodule(name)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("model has no Conv2d layer; pass `layer`")
+    return convs[-1]
+
+
+@contextlib.contextmanager
+def _no_inplace(model: nn.Module) -> Iterator[None]:
+    """Turn off in-place activations so that hooked tensors are not overwritten."""
+    changed = [m for m in model.modules() if getattr(m, "inplace", False) is True]
+    for m in changed:
+        m.inplace = False  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for m in changed:
+            m.inplace = True  # type: ignore[assignment]
+
+
+def _as_batch(x: torch.Tensor) -> torch.Tensor:
+    return x.unsqueeze(0) if x.dim() == 3 else x
+
+
+def _to_map(model: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    reshape = getattr(model, "gradcam_reshape", None)
+    if t.dim() == 3 and callable(reshape):
+        out: torch.Tensor = reshape(t)
+        return out
+    if t.dim() != 4:
+        raise ValueError(f"Grad-CAM layer output has shape {tuple(t.shape)}; need (B,C,h,w)")
+    return t
+
+
+def gradcam_logits(
+    model: nn.Module, image: torch.Tensor, target: int | None = None, layer: str | None = None
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Grad-CAM map (H,W, 0..1) for class `target` (default: the top class) and the logits (1,K)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = _as_batch(image)[:1]
+    module = find_layer(model, layer)
+    store: dict[str, torch.Tensor] = {}
+
+    def fwd_hook(_m: nn.Module, _inp: Any, out: Any) -> None:
+        t = out[0] if isinstance(out, tuple) else out
+        store["act"] = t
+        t.register_hook(lambda g: store.__setitem__("grad", g))
+
+    was_training = model.training
+    model.eval()
+    handle = module.register_forward_hook(fwd_hook)
+    try:
+        with _no_inplace(model), torch.enable_grad():
+            logits = model(x)
+            cls = int(logits[0].argmax()) if target is None else int(target)
+            model.zero_grad(set_to_none=True)
+            logits[0, cls].backward()
+    finally:
+        handle.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    if "grad" not in store:
+        raise RuntimeError("the Grad-CAM layer received no gradient; is it on the path to the output?")
+    act, grad = _to_map(model, store["act"].detach()), _to_map(model, store["grad"].detach())
+    weights = grad.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * act).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    peak = float(cam.max())
+    heat = (cam / peak).numpy() if peak > 0 else np.zeros(cam.shape, dtype=np.float32)
+    return heat.astype(np.float32), logits.detach()
+
+
+def gradcam(
+    model: nn.Module, image_tensor: torch.Tensor, target: int | None = None, layer: str | None = None
+) -> np.ndarray:
+    """Grad-CAM heat map (H, W) float32 in 0..1 for `target` (default: the predicted class)."""
+    return gradcam_logits(model, image_tensor, target, layer)[0]
+
+
+def overlay(face: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Blend the JET-coloured heat map onto the face (gray or BGR uint8); returns BGR uint8."""
+    import cv2
+
+    bgr = cv2.cvtColor(face, cv2.COLOR_GRAY2BGR) if face.ndim == 2 else face
+    heat = cv2.resize(heatmap.astype(np.float32), (bgr.shape[1], bgr.shape[0]), interpolation=cv2.INTER_LINEAR)
+    colored = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+    return cv2.addWeighted(bgr, 1 - alpha, colored, alpha, 0)
+
+
+def feature_maps(model: nn.Module, image: torch.Tensor, layer: str | None = None) -> np.ndarray:
+    """Activations (C, h, w) of `layer` (default: the Grad-CAM layer) for one image."""
+    import torch
+
+    store: list[torch.Tensor] = []
+    handle = find_layer(model, layer).register_forward_hook(
+        lambda _m, _i, out: store.append(out[0] if isinstance(out, tuple) else out)
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(_as_batch(image)[:1])
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return _to_map(model, store[0])[0].numpy()
+
+
+def feature_grid(
+    model: nn.Module, image: torch.Tensor, layer: str | None = None, max_maps: int = 64, cell: int = 48
+) -> np.ndarray:
+    """A gray uint8 mosaic of the first `max_maps` channels of `layer`, each min-max scaled, `cell` px."""
+    import cv2
+
+    maps = feature_maps(model, image, layer)[:max_maps]
+    cols = math.ceil(math.sqrt(len(maps)))
+    rows = math.ceil(len(maps) / cols)
+    grid = np.full((rows * (cell + 2), cols * (cell + 2)), 255, np.uint8)
+    for i, m in enumerate(maps):
+        lo, hi = float(m.min()), float(m.max())
+        tile = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+        tile8 = cv2.resize((tile * 255).astype(np.uint8), (cell, cell), interpolation=cv2.INTER_NEAREST)
+        r, c = divmod(i, cols)
+        grid[r * (cell + 2) + 1 : r * (cell + 2) + 1 + cell, c * (cell + 2) + 1 : c * (cell + 2) + 1 + cell] = tile8
+    return grid
+
+
+# ----------------------------------------------------------------------------- loading and preprocessing
+
+
+def preprocess(image_bgr: np.ndarray, cfg: dict[str, Any]) -> tuple[torch.Tensor, np.ndarray]:
+    """(normalised tensor (C,H,W), resized face uint8 for display) following the model's default_cfg."""
+    import cv2
+    import torch
+
+    c, h, w = cfg["input_size"]
+    if cfg.get("color", "GRAY") == "GRAY" or c == 1:
+        face = image_bgr if image_bgr.ndim == 2 else cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
+        face = cv2.resize(face, (w, h), interpolation=cv2.INTER_AREA)
+        arr = face[None].astype(np.float32) / 255.0
+    else:
+        bgr = cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR) if image_bgr.ndim == 2 else image_bgr
+        face = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
+        arr = cv2.cvtColor(face, cv2.COLOR_BGR2RGB).transpose(2, 0, 1).astype(np.float32) / 255.0
+    mean = np.asarray(cfg["mean"], np.float32)[:, None, None]
+    std = np.asarray(cfg["std"], np.float32)[:, None, None]
+    return torch.from_numpy((arr - mean) / std), face
+
+
+def load_checkpoint_model(
+    checkpoint: Path, model_name: str | None = None, num_classes: int | None = None, **model_kwargs: Any
+) -> tuple[nn.Module, list[str]]:
+    """Rebuild a model from a state_dict file or a training checkpoint dict and return it with class names.
+
+    Accepted: a bare state_dict (then `model_name` is needed), or `{"model": state_dict, "config": {...}}`
+    where config may hold `model` (registry name), `model_kwargs`/`kwargs`, `num_classes`, `in_chans`
+    and `classes`/`class_names`. Explicit arguments win over the checkpoint's config.
+    """
+    import torch
+
+    from training.models import create_model
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    config: dict[str, Any] = {}
+    state = ckpt
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
+        state = ckpt["model"]
+        config = dict(ckpt.get("config") or {})
+        for key in ("classes", "class_names"):
+            if key in ckpt and key not in config:
+                config[key] = ckpt[key]
+    name = model_name or config.get("model") or config.get("arch")
+    if not isinstance(name, str):
+        raise ValueError(f"{checkpoint} does not name its model; pass --model NAME")
+    kwargs = dict(config.get("model_kwargs") or config.get("kwargs") or {})
+    kwargs.update(model_kwargs)
+    classes = list(config.get("classes") or config.get("class_names") or [])
+    n = num_classes or config.get("num_classes") or (len(classes) if classes else 7)
+    in_chans = int(config.get("in_chans", 1))
+    model = create_model(name, int(n), in_chans, pretrained=False, **kwargs)
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model, classes if len(classes) == int(n) else [f"class{i}" for i in range(int(n))]
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def explain_command(
+    image: Annotated[Path, typer.Argument(help="A face image (a crop, e.g. 48x48 FER); resized to the model input.")],
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", "-c", help="Torch checkpoint, e.g. runs/<run>/best.pt.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Registry architecture for a bare state_dict, or a checkpoint path."),
+    ] = None,
+    num_classes: Annotated[int | None, typer.Option(help="Classes, when the checkpoint does not say.")] = None,
+    target: Annotated[str | None, typer.Option(help="Class index or name to explain (default: predicted).")] = None,
+    layer: Annotated[str | None, typer.Option(help="Grad-CAM layer (dotted module name).")] = None,
+    features: Annotated[str | None, typer.Option(help="Also write a feature-map grid of this layer.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("explain"),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Grad-CAM overlay (and optionally a feature-map grid) of a torch checkpoint on one face image."""
+    import cv2
+    import torch
+
+    if model and checkpoint is None and (model.endswith((".pt", ".pth")) or Path(model).is_file()):
+        checkpoint, model = Path(model), None
+    if checkpoint is None:
+        hint = " (store models are ONNX and have no gradients)" if model and "@" in model else ""
+        raise typer.BadParameter(f"explain needs the torch checkpoint: --checkpoint runs/<run>/best.pt{hint}")
+    if not checkpoint.is_file():
+        raise typer.BadParameter(f"checkpoint {checkpoint} not found")
+    img = cv2.imread(str(image), cv2.IMREAD_COLOR)
+    if img is None:
+        raise typer.BadParameter(f"cannot read image {image}")
+    net, classes = load_checkpoint_model(checkpoint, model, num_classes)
+    cfg: dict[str, Any] = getattr(net, "default_cfg")  # noqa: B009
+    x, face = preprocess(img, cfg)
+    cls = None
+    if target is not None:
+        cls = int(target) if target.isdigit() else classes.index(target)
+    heat, logits = gradcam_logits(net, x, cls, layer)
+    probs = torch.softmax(logits[0], 0).tolist()
+    cls = int(np.argmax(probs)) if cls is None else cls
+    out.mkdir(parents=True, exist_ok=True)
+    shown = cv2.resize(face, (max(224, face.shape[1]), max(224, face.shape[0])), interpolation=cv2.INTER_CUBIC)
+    cam_path = out / f"{image.stem}_gradcam.png"
+    cv2.imwrite(str(cam_path), overlay(shown, heat))
+    result: dict[str, Any] = {
+        "image": str(image),
+        "target": classes[cls],
+        "probabilities": dict(zip(classes, [round(p, 4) for p in probs], strict=True)),
+        "gradcam": str(cam_path),
+    }
+    if features:
+        grid_path = out / f"{image.stem}_features_{features.replace('.', '_')}.png"
+        cv2.imwrite(str(grid_path), feature_grid(net, x, features))
+        result["features"] = str(grid_path)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(f"{image.name}: explaining {result['target']} (p={probs[cls]:.3f}) -> {cam_path}")
+        if features:
+            typer.echo(f"feature maps of {features} -> {result['features']}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `emoserve explain`."""
+    app.command("explain")(explain_command)
