@@ -17,7 +17,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -80,60 +79,6 @@ def _images(shared: Path) -> dict[str, bytes]:
         "1280x720, 9 faces": nine,
     }
     return {k: bytes(cv2.imencode(".jpg", v, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()) for k, v in raw.items()}
-
-
-def _register_fallback_yunet() -> str:
-    """A minimal YuNet on onnxruntime (the pool's session), used only while the real `yunet` family is absent."""
-    import importlib.util
-
-    if importlib.util.find_spec("service.pipeline.detectors.yunet") is not None:
-        return "yunet"
-    import cv2
-
-    from service.pipeline.detectors import DetectedFace, register_detector
-
-    class _YuNet:
-        family = "bench-yunet"
-
-        def __init__(self, model: Any, factory: Any) -> None:
-            d = model.manifest.decoding
-            self.threshold, self.nms = d.score_threshold, d.nms_threshold
-            self.session = factory(model.model_path)
-            self.side = 640
-
-        def detect(self, image: np.ndarray, threshold: float | None = None) -> list[DetectedFace]:
-            h, w = image.shape[:2]
-            s = self.side / max(h, w)
-            canvas = np.zeros((self.side, self.side, 3), np.uint8)
-            canvas[: round(h * s), : round(w * s)] = cv2.resize(image, (round(w * s), round(h * s)))
-            x = canvas.transpose(2, 0, 1)[None].astype(np.float32)
-            out = dict(zip(self.session.output_names, self.session.run(None, {"input": x}), strict=True))
-            thr = self.threshold if threshold is None else threshold
-            boxes, scores, marks = [], [], []
-            for stride in (8, 16, 32):
-                score = np.sqrt(np.clip(out[f"cls_{stride}"][0, :, 0] * out[f"obj_{stride}"][0, :, 0], 0, 1))
-                idx = np.flatnonzero(score >= thr)
-                n = self.side // stride
-                grid = np.stack([idx % n, idx // n], 1).astype(np.float32)
-                bb = out[f"bbox_{stride}"][0, idx]
-                centre = (grid + bb[:, :2]) * stride
-                size = np.exp(bb[:, 2:]) * stride
-                boxes.append(np.c_[centre - size / 2, size])
-                scores.append(score[idx])
-                marks.append((out[f"kps_{stride}"][0, idx].reshape(-1, 5, 2) + grid[:, None]) * stride)
-            b, sc, mk = np.concatenate(boxes), np.concatenate(scores), np.concatenate(marks)
-            keep = cv2.dnn.NMSBoxes(b.tolist(), sc.tolist(), thr, self.nms, top_k=5000) if len(sc) else []
-            return [
-                DetectedFace(
-                    (b[i, 0] / s, b[i, 1] / s, (b[i, 0] + b[i, 2]) / s, (b[i, 1] + b[i, 3]) / s),
-                    float(sc[i]),
-                    mk[i] / s,
-                )
-                for i in np.asarray(keep, int).ravel()
-            ]
-
-    register_detector("bench-yunet")(_YuNet)
-    return "bench-yunet"
 
 
 def _p(values: list[float], q: float) -> float:
@@ -204,29 +149,17 @@ def main() -> None:
     yunet = args.shared / "models/detectors/yunet/face_detection_yunet_2023mar.onnx"
     if not yunet.is_file():
         sys.exit(f"needs {yunet} (the ../shared folder)")
-    family = _register_fallback_yunet()
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
         store = ModelStore(tmpdir / "store", shipped=None)
         det = publish_yunet(store, yunet)
-        if family != "yunet":
-            store.publish(
-                {
-                    **det.manifest.model_dump(exclude={"version", "files", "created"}),
-                    "name": "bench-yunet",
-                    "family": family,
-                },
-                {"model.onnx": yunet},
-                alias="production",
-            )
-            det = store.get("bench-yunet@production")
         clf_path = conv_classifier_onnx(tmpdir / "conv1m.onnx")
         draft = {**classifier_draft("conv-1m"), "family": "bench-conv", "description": "benchmark conv net"}
         assert len(draft["labels"]) == len(EMOTIONS)
         store.publish(draft, {"model.onnx": clf_path}, alias="production")
         clf = store.get("conv-1m@production")
         console.print(
-            f"detector {det.ref} (family {family}); classifier {clf.ref}, "
+            f"detector {det.ref} (family {det.manifest.family}); classifier {clf.ref}, "
             f"{count_params(clf_path):,} parameters; {args.iterations} iterations per row"
         )
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from pathlib import Path
 
 import cv2
@@ -164,8 +163,6 @@ def test_no_classifier_says_how_to_get_one(store: ModelStore, tmp_path: Path) ->
 def test_yunet_on_12_angry_men(store: ModelStore, tmp_path: Path) -> None:
     yunet = shared_path("models", "detectors", "yunet", "face_detection_yunet_2023mar.onnx")
     photo = shared_path("media", "photos", "12_angry_men.jpg")
-    if importlib.util.find_spec("service.pipeline.detectors.yunet") is None:
-        pytest.skip("the yunet detector family (service/pipeline/detectors/yunet.py) is not in this checkout yet")
     det = publish_yunet(store, yunet)
     clf = publish_tiny_classifier(store, tmp_path)
     pipe = Pipeline.load(_settings(tmp_path), store=store, detector_ref=det.ref, classifier_ref=clf.ref)
@@ -182,3 +179,21 @@ def test_yunet_on_12_angry_men(store: ModelStore, tmp_path: Path) -> None:
     assert len(result.faces) >= 8
     assert all(len(f.emotion.scores) == 7 for f in result.faces)
     assert all(f.landmarks is not None for f in result.faces)
+
+
+@pytest.mark.shared
+def test_detector_max_side_setting_reaches_the_detector(store: ModelStore, tmp_path: Path) -> None:
+    """test_image.jpg (2048x1536) has a small face that YuNet finds only at full resolution."""
+    det = publish_yunet(store, shared_path("models", "detectors", "yunet", "face_detection_yunet_2023mar.onnx"))
+    clf = publish_tiny_classifier(store, tmp_path)
+    data = shared_path("media", "photos", "test_image.jpg").read_bytes()
+    counts = {}
+    for side in (640, 2048):
+        settings = _settings(tmp_path).model_copy(update={"detector_max_side": side})
+        pipe = Pipeline.load(settings, store=store, detector_ref=det.ref, classifier_ref=clf.ref)
+        result = pipe.analyze_sync(data)
+        pipe.close()
+        assert result.image.width == 2048
+        assert all(f.box.x2 <= 2048 and f.box.y2 <= 1536 for f in result.faces)
+        counts[side] = len(result.faces)
+    assert counts[2048] > counts[640], counts

@@ -82,7 +82,7 @@ class Pipeline:
         classifier_model = _get_classifier(store, classifier_ref or settings.classifier)
         detector_model = store.get(detector_ref or settings.detector)
         pool = pool or SessionPool(settings)
-        detector = create_detector(detector_model, pool.session_factory)
+        detector = create_detector(detector_model, pool.session_factory, max_side=settings.detector_max_side)
         classifier = EmotionClassifier(classifier_model, pool.load(classifier_model), settings)
         return cls(detector, classifier, detector_model, settings, pool)
 
@@ -117,17 +117,8 @@ class Pipeline:
         return _Prepared(bgr, faces, batch, t1 - t0, t2 - t1, t3 - t2)
 
     def _detect(self, bgr: np.ndarray, opts: AnalyzeOptions) -> list[DetectedFace]:
-        import cv2
-
-        h, w = bgr.shape[:2]
-        scale = min(1.0, self.settings.detector_max_side / max(h, w))
-        small = bgr
-        if scale < 1.0:
-            small = cv2.resize(bgr, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
         threshold = opts.threshold if opts.threshold is not None else self.settings.detector_threshold
-        found = self.detector.detect(small, threshold)
-        if scale < 1.0:
-            found = [_rescale(f, 1.0 / scale) for f in found]
+        found = self.detector.detect(bgr, threshold)  # resizes to detector_max_side, maps boxes back
         min_size = opts.min_face_size if opts.min_face_size is not None else self.settings.min_face_size
         max_faces = opts.max_faces if opts.max_faces is not None else self.settings.max_faces
         found = [f for f in found if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= min_size]
@@ -217,9 +208,3 @@ def _get_classifier(store: ModelStore, ref: str) -> ResolvedModel:
     if model.manifest.task != "emotion_classifier":
         raise ModelNotFound(f"{model.ref} is a {model.manifest.task}, not an emotion classifier; {NO_CLASSIFIER_HINT}")
     return model
-
-
-def _rescale(face: DetectedFace, factor: float) -> DetectedFace:
-    box = tuple(float(v) * factor for v in face.box)
-    marks = None if face.landmarks is None else np.asarray(face.landmarks, np.float32) * factor
-    return DetectedFace((box[0], box[1], box[2], box[3]), face.score, marks)

@@ -202,7 +202,7 @@ class CenterDetector:
 
     family = TEST_DETECTOR_FAMILY
 
-    def __init__(self, model: ResolvedModel, session_factory: Any) -> None:
+    def __init__(self, model: ResolvedModel, session_factory: Any, **_options: Any) -> None:
         self.session = session_factory(model.model_path)
         self.threshold = model.manifest.decoding.score_threshold if model.manifest.decoding else 0.5
 

@@ -34,7 +34,7 @@ class FaceDetector(Protocol):
     def detect(self, image_bgr: np.ndarray, threshold: float | None = None) -> list[DetectedFace]: ...
 
 
-DetectorBuilder = Callable[[ResolvedModel, SessionFactory], FaceDetector]
+DetectorBuilder = Callable[..., FaceDetector]  # (model, session_factory, **options)
 
 _REGISTRY: dict[str, DetectorBuilder] = {}
 
@@ -59,8 +59,12 @@ def registered_families() -> list[str]:
     return sorted(_FAMILY_MODULES)
 
 
-def create_detector(model: ResolvedModel, session_factory: SessionFactory) -> FaceDetector:
-    """Build the detector for `model.manifest.family`; an unknown family raises `UnknownFamily`."""
+def create_detector(model: ResolvedModel, session_factory: SessionFactory, **options: Any) -> FaceDetector:
+    """Build the detector for `model.manifest.family`; an unknown family raises `UnknownFamily`.
+
+    `options` go to the family's builder (`max_side`: longest side the detector sees, the image is
+    resized once and boxes mapped back; `min_face_size`).
+    """
     family = model.manifest.family
     if model.manifest.task != "face_detector":
         raise UnknownFamily(f"{model.ref} is a {model.manifest.task}, not a face_detector")
@@ -70,4 +74,4 @@ def create_detector(model: ResolvedModel, session_factory: SessionFactory) -> Fa
         raise UnknownFamily(
             f"no detector implementation for family {family!r}; known: {', '.join(registered_families())}"
         )
-    return _REGISTRY[family](model, session_factory)
+    return _REGISTRY[family](model, session_factory, **options)
