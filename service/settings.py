@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="Port `emoserve serve` binds.")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    max_inflight: int = Field(
+        64, ge=1, le=100_000, description="Analyses in flight per worker before 503 + Retry-After (admission)."
+    )
     batch_limit: int = Field(32, ge=1, le=1000, description="Most images in one `/v1/analyze/batch` request.")
     request_timeout_s: float = Field(30.0, gt=0.0, le=600.0, description="Per-request time limit.")
     cors_origins: list[str] = Field(default_factory=list, description="CORS allowlist (JSON list).")

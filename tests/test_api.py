@@ -467,3 +467,24 @@ def test_metrics_add_up_across_workers(model_root: Path, tmp_path: Path) -> None
     assert codes == [200] * n
     assert metric(text, "emoserve_requests_total", endpoint="/v1/analyze", code="200") == before + n
     assert metric(text, "emoserve_model_info", role="classifier", name="tiny-emotion", version="1") == 1
+
+
+def test_overload_is_refused_fast_with_retry_after(tmp_path: Path) -> None:
+    """With 2 analyses allowed in flight, a burst of 24 gets some 503s with Retry-After, none lost."""
+    store = ModelStore(tmp_path / "root", shipped=None)
+    publish_test_detector(store, tmp_path)
+    publish_tiny_classifier(store, tmp_path)
+    env = base_env(tmp_path / "root", EMOSERVE_MAX_INFLIGHT="2", EMOSERVE_CACHE_TTL_S="0")
+    big = jpeg(None, (1600, 1200))  # slow enough to decode that requests overlap
+    with run_server(env, tmp_path) as s:
+
+        def one(_: int) -> httpx.Response:
+            return httpx.post(f"{s.url}/v1/analyze", content=big, headers={"content-type": "image/jpeg"}, timeout=60)
+
+        with cf.ThreadPoolExecutor(12) as pool:
+            responses = list(pool.map(one, range(24)))
+    codes = sorted(r.status_code for r in responses)
+    assert set(codes) == {200, 503}, codes
+    refused = [r for r in responses if r.status_code == 503]
+    assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
+    assert all(r.json()["error"]["code"] == "overloaded" for r in refused)

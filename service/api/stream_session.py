@@ -135,13 +135,13 @@ class StreamSession:
             try:
                 text = await asyncio.wait_for(self._receive_text(), ctx.settings.ws_auth_timeout_s)
             except TimeoutError:
-                raise Unauthorized("no API key: pass ?api_key= or send {\"type\": \"auth\", ...} first") from None
+                raise Unauthorized('no API key: pass ?api_key= or send {"type": "auth", ...} first') from None
             try:
                 message = parse_control(text) if text is not None else None
             except InvalidOptions:
                 message = None
             if not isinstance(message, Auth):
-                raise Unauthorized("the first message must be {\"type\": \"auth\", \"api_key\": ...}")
+                raise Unauthorized('the first message must be {"type": "auth", "api_key": ...}')
             key = message.api_key
         client = self.ws.client.host if self.ws.client else "unknown"
         principal = ctx.keys.authenticate(key, client, "client")
