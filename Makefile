@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MIRROR ?= ../shared/models
 
-.PHONY: setup run test lint typecheck pull-defaults bench clean
+.PHONY: setup run test lint typecheck reliability bench clean
 
 setup: $(BIN)/emoserve
 
@@ -30,6 +30,15 @@ lint: setup
 
 typecheck: setup
 	$(BIN)/mypy service model_store training clients tests
+
+# Fuzzing, overload and fault injection against a real server (loopback only, bounded); writes docs/reliability.md
+reliability: setup
+	$(BIN)/python bench/reliability.py
+
+bench: setup
+	$(BIN)/python bench/bench_pipeline.py
+	$(BIN)/python bench/bench_http.py
+	$(BIN)/python bench/bench_stream.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
