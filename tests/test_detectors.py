@@ -14,6 +14,7 @@ import onnxruntime
 import pytest
 
 from model_store import ModelStore
+from model_store.pull import pull
 from service.errors import UnknownFamily
 from service.pipeline.detectors import FaceDetector, create_detector
 from service.pipeline.detectors.blazeface import ssd_anchors, to_five_points
@@ -72,6 +73,9 @@ MODELS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any]]] =
         {"score_threshold": 0.5, "nms_threshold": 0.3, "num_keypoints": 6, "params": {"variant": "front"}},
     ),
 }
+# Detectors built through the catalog (pulled from the ../shared mirror, converted, published) rather
+# than from a hand-written manifest: their decoding is the catalog entry's.
+CATALOG_MODELS = ["retinaface-mnet025"]
 GROUP_PHOTOS = {"12_angry_men.jpg": 8, "multiface.jpg": 6, "two_people.jpg": 2}
 # What the short-/mid-range BlazeFace models really find (see the report): front is a selfie model.
 GROUP_EXPECT: dict[str, dict[str, int]] = {
@@ -114,9 +118,12 @@ def det_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
     return ModelStore(tmp_path_factory.mktemp("store"), shipped=None)
 
 
-@pytest.fixture(scope="module", params=list(MODELS))
+@pytest.fixture(scope="module", params=list(MODELS) + CATALOG_MODELS)
 def detector(request: pytest.FixtureRequest, det_store: ModelStore) -> tuple[str, FaceDetector]:
     key = request.param
+    if key in CATALOG_MODELS:
+        pull(det_store, key, mirror=shared_path("models"), progress=False)
+        return key, create_detector(det_store.get(f"{key}@production"), session_factory)
     family, (kind, rel), inputs, decoding = MODELS[key]
     path = shared_path(*rel.split("/")) if kind == "shared" else request.getfixturevalue("blazeface_dir") / rel
     draft = {
@@ -143,8 +150,15 @@ def check_geometry(faces: list[Any], shape: tuple[int, ...]) -> None:
         assert f.landmarks[0, 0] < f.landmarks[1, 0], "first landmark is the image-left eye"
 
 
+# Known geometry misses (the count is still asserted; strict: a fix shows up as XPASS).
+GEOMETRY_KNOWN: dict[tuple[str, str], str] = {
+    ("retinaface-mnet025", "multiface.jpg"): "the turned face at x~420-500: its right-eye landmark lies 10 px"
+    " (13% of the width) right of the box; SCRFD/YuNet put that eye 15-20 px further left, inside their box",
+}
+
+
 @pytest.mark.parametrize("name", list(GROUP_PHOTOS))
-def test_group_photos(detector: tuple[str, FaceDetector], name: str) -> None:
+def test_group_photos(request: pytest.FixtureRequest, detector: tuple[str, FaceDetector], name: str) -> None:
     key, det = detector
     expected = GROUP_EXPECT.get(key, GROUP_PHOTOS).get(name)
     if expected is None:
@@ -152,6 +166,8 @@ def test_group_photos(detector: tuple[str, FaceDetector], name: str) -> None:
     img = photo(name)
     faces = det.detect(img)
     assert len(faces) >= expected, f"{key} found {len(faces)} faces in {name}"
+    if (key, name) in GEOMETRY_KNOWN:  # marked only now, so that a wrong count still fails
+        request.node.add_marker(pytest.mark.xfail(reason=GEOMETRY_KNOWN[key, name], strict=True))
     check_geometry(faces, img.shape)
 
 

@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 
-from service.pipeline.detectors.retinaface_net import BACKBONES, RetinaFace, build_retinaface
+from service.pipeline.detectors.retinaface_net import BACKBONES, RetinaFace, build_retinaface, check_body_leaky
 
 INPUT_NAME = "input"
 OUTPUT_NAMES = ["loc", "conf", "landms"]
 OPSET = 17
+CONVERTER_PARAMS = frozenset({"backbone", "body_leaky"})
 
 
 def export_onnx(net: RetinaFace, out_path: Path, sample_hw: tuple[int, int] = (320, 320)) -> Path:
@@ -42,10 +43,19 @@ def export_onnx(net: RetinaFace, out_path: Path, sample_hw: tuple[int, int] = (3
 
 
 def convert(source: Path, workdir: Path, params: dict[str, Any]) -> Path:
-    """Load the state_dict at `source` (weights_only), build the `params["backbone"]` net, export ONNX."""
+    """Load the state_dict at `source` (weights_only), build the net `params` describe, export ONNX.
+
+    `params` (the catalog entry's `converter_params`): `backbone` (default mobilenet0.25) and, for a
+    checkpoint trained with another MobileNet body activation than the reference's LeakyReLU(0.1),
+    `body_leaky` (e.g. 0.0 for a plain-ReLU body). Unknown keys are refused rather than ignored.
+    """
+    unknown = set(params) - CONVERTER_PARAMS
+    if unknown:
+        raise ValueError(f"unknown RetinaFace converter params {sorted(unknown)}; known: {sorted(CONVERTER_PARAMS)}")
     backbone = str(params.get("backbone", "mobilenet0.25"))
     if backbone not in BACKBONES:
         raise ValueError(f"unknown RetinaFace backbone {backbone!r}; known: {', '.join(BACKBONES)}")
+    body_leaky = check_body_leaky(backbone, params.get("body_leaky"))
     state = torch.load(Path(source), map_location="cpu", weights_only=True)
-    net = build_retinaface(backbone, state)
+    net = build_retinaface(backbone, state, body_leaky=body_leaky)
     return export_onnx(net, Path(workdir) / "model.onnx")

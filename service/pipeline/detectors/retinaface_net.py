@@ -4,6 +4,11 @@ State dicts of that implementation (`body.*`, `fpn.*`, `ssh1..3.*`, `ClassHead.*
 `LandmarkHead.*`) load with `strict=True`. Backbones: MobileNet-0.25 (`stage1..3`) and a ResNet-50
 with torchvision's parameter names (`conv1`, `bn1`, `layer1..4`), cut after the returned stages as
 torchvision's IntermediateLayerGetter does.
+
+`body_leaky` is the negative slope of the MobileNet body's activations. The reference config uses
+LeakyReLU(0.1); some published mobilenet0.25 checkpoints were trained with a plain-ReLU body
+(slope 0.0), which shows in their BatchNorm statistics (depthwise channels fed by a dead ReLU unit
+have exactly-zero running variance). The FPN/SSH slopes are the reference's.
 """
 
 from __future__ import annotations
@@ -20,6 +25,19 @@ _CONFIG: dict[str, tuple[tuple[str, ...], tuple[int, int, int], int]] = {
     "mobilenet0.25": (("stage1", "stage2", "stage3"), (64, 128, 256), 64),
     "resnet50": (("layer2", "layer3", "layer4"), (512, 1024, 2048), 256),
 }
+MOBILENET_BODY_LEAKY = 0.1  # the reference config's LeakyReLU slope in the MobileNet-0.25 body
+
+
+def check_body_leaky(backbone: str, body_leaky: float | None) -> float | None:
+    """Validate the body slope option: a float in [0, 1) and only for the MobileNet backbone."""
+    if body_leaky is None:
+        return None
+    slope = float(body_leaky)
+    if not 0.0 <= slope < 1.0:
+        raise ValueError(f"body_leaky must be in [0, 1), got {body_leaky!r}")
+    if backbone != "mobilenet0.25":
+        raise ValueError(f"body_leaky applies to the mobilenet0.25 body only ({backbone} uses plain ReLU)")
+    return slope
 
 
 def conv_bn(inp: int, oup: int, stride: int = 1, leaky: float = 0.0) -> nn.Sequential:
@@ -50,20 +68,23 @@ def conv_dw(inp: int, oup: int, stride: int, leaky: float = 0.1) -> nn.Sequentia
 
 
 class MobileNetV1(nn.Module):
-    """MobileNet-0.25 body (the classifier head is not part of the detector's state_dict)."""
+    """MobileNet-0.25 body (the classifier head is not part of the detector's state_dict).
 
-    def __init__(self) -> None:
+    `leaky`: the negative slope of every activation in the body (reference: 0.1).
+    """
+
+    def __init__(self, leaky: float = MOBILENET_BODY_LEAKY) -> None:
         super().__init__()
         self.stage1 = nn.Sequential(
-            conv_bn(3, 8, 2, leaky=0.1),
-            conv_dw(8, 16, 1),
-            conv_dw(16, 32, 2),
-            conv_dw(32, 32, 1),
-            conv_dw(32, 64, 2),
-            conv_dw(64, 64, 1),
+            conv_bn(3, 8, 2, leaky=leaky),
+            conv_dw(8, 16, 1, leaky),
+            conv_dw(16, 32, 2, leaky),
+            conv_dw(32, 32, 1, leaky),
+            conv_dw(32, 64, 2, leaky),
+            conv_dw(64, 64, 1, leaky),
         )
-        self.stage2 = nn.Sequential(conv_dw(64, 128, 2), *[conv_dw(128, 128, 1) for _ in range(5)])
-        self.stage3 = nn.Sequential(conv_dw(128, 256, 2), conv_dw(256, 256, 1))
+        self.stage2 = nn.Sequential(conv_dw(64, 128, 2, leaky), *[conv_dw(128, 128, 1, leaky) for _ in range(5)])
+        self.stage3 = nn.Sequential(conv_dw(128, 256, 2, leaky), conv_dw(256, 256, 1, leaky))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         c1 = self.stage1(x)
@@ -179,12 +200,18 @@ class _Head(nn.Module):
 class RetinaFace(nn.Module):
     """Returns (loc (N, A, 4), conf (N, A, 2) softmaxed, landmarks (N, A, 10)) over the prior boxes."""
 
-    def __init__(self, backbone: str = "mobilenet0.25") -> None:
+    def __init__(self, backbone: str = "mobilenet0.25", body_leaky: float | None = None) -> None:
+        """`body_leaky`: the MobileNet body's activation slope; None is the reference's 0.1."""
         super().__init__()
         if backbone not in _CONFIG:
             raise ValueError(f"unknown RetinaFace backbone {backbone!r}; known: {', '.join(BACKBONES)}")
+        slope = check_body_leaky(backbone, body_leaky)
         _, in_channels, out_channels = _CONFIG[backbone]
-        self.body: nn.Module = MobileNetV1() if backbone == "mobilenet0.25" else ResNet50Body()
+        self.body: nn.Module = (
+            MobileNetV1(MOBILENET_BODY_LEAKY if slope is None else slope)
+            if backbone == "mobilenet0.25"
+            else ResNet50Body()
+        )
         self.fpn = FPN(in_channels, out_channels)
         self.ssh1 = SSH(out_channels, out_channels)
         self.ssh2 = SSH(out_channels, out_channels)
@@ -209,9 +236,11 @@ def clean_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
-def build_retinaface(backbone: str, state_dict: Mapping[str, torch.Tensor] | None = None) -> RetinaFace:
-    """The network in eval mode, with `state_dict` loaded strictly when given."""
-    net = RetinaFace(backbone)
+def build_retinaface(
+    backbone: str, state_dict: Mapping[str, torch.Tensor] | None = None, *, body_leaky: float | None = None
+) -> RetinaFace:
+    """The network in eval mode, with `state_dict` loaded strictly when given (see `RetinaFace`)."""
+    net = RetinaFace(backbone, body_leaky=body_leaky)
     if state_dict is not None:
         net.load_state_dict(clean_state_dict(state_dict), strict=True)
     return net.eval()
