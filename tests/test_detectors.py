@@ -77,10 +77,10 @@ MODELS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any]]] =
 # than from a hand-written manifest: their decoding is the catalog entry's.
 CATALOG_MODELS = ["retinaface-mnet025"]
 GROUP_PHOTOS = {"12_angry_men.jpg": 8, "multiface.jpg": 6, "two_people.jpg": 2}
-# What the short-/mid-range BlazeFace models really find (see the report): front is a selfie model.
+# BlazeFace runs wide photos as square tiles; the short-range "front" model still misses the
+# smallest faces of 12_angry_men.jpg (it finds 5 of 9).
 GROUP_EXPECT: dict[str, dict[str, int]] = {
-    "blazeface-back": {"12_angry_men.jpg": 7, "multiface.jpg": 6, "two_people.jpg": 2},
-    "blazeface-front": {"two_people.jpg": 2},
+    "blazeface-front": {"12_angry_men.jpg": 5, "multiface.jpg": 6, "two_people.jpg": 2},
 }
 
 
