@@ -79,6 +79,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    ap.add_argument("--classifier", default="emotion-ferplus8@production", help="falls back to a generated 1M model")
     args = ap.parse_args()
     body = one_face_jpeg(args.shared)
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,7 +105,7 @@ def main() -> None:
                     rows.append(
                         (workers, concurrency, rps, pct(lat, 50), pct(lat, 95), pct(lat, 99), errors, rps / baseline)
                     )
-    table = Table(title="POST /v1/analyze, 640x480 one-face JPEG, YuNet + 1M-param classifier, cache off")
+    table = Table(title="POST /v1/analyze, 640x480 one-face JPEG, YuNet + classifier, cache off")
     for col in ("workers", "concurrency", "requests/s", "p50 ms", "p95 ms", "p99 ms", "errors", "x baseline"):
         table.add_column(col, justify="right")
     for w, c, rps, p50, p95, p99, errors, ratio in rows:

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_stream.py --url http://127.0.0.1:8000 --seconds 10
 
 Without --url it starts a server itself (YuNet from ../shared when present, else the test detector;
-the tiny classifier). Each stream sends frames in lockstep (next frame when the result is back), so
+the shipped emotion-ferplus8, else the tiny test classifier). Each stream sends frames in lockstep (next frame when the result is back), so
 fps is what the server sustains and latency is the round trip. Targets on 2 CPU cores: one stream
 >= 30 fps with p95 <= 50 ms; four streams >= 15 fps each.
 """
@@ -74,7 +74,7 @@ def start_server(stack: ExitStack) -> str:
     from tests.helpers.tiny_models import publish_test_detector, publish_tiny_classifier, publish_yunet
 
     work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-    store = ModelStore(work / "root", shipped=None)
+    store = ModelStore(work / "root")  # with the shipped layer: the default classifiers
     yunet = REPO.parent / "shared" / "models" / "detectors" / "yunet" / "face_detection_yunet_2023mar.onnx"
     if yunet.exists():
         publish_yunet(store, yunet)
@@ -82,16 +82,19 @@ def start_server(stack: ExitStack) -> str:
     else:
         publish_test_detector(store, work)
         detector = "center-det@production"
-    publish_tiny_classifier(store, work)
+    classifier = "emotion-ferplus8@production"
+    if "emotion-ferplus8" not in store.names():  # no shipped default: the tiny test classifier
+        publish_tiny_classifier(store, work)
+        classifier = "tiny-emotion@production"
     env = {
         "EMOSERVE_MODEL_ROOT": str(work / "root"),
         "EMOSERVE_DETECTOR": detector,
-        "EMOSERVE_CLASSIFIER": "tiny-emotion@production",
+        "EMOSERVE_CLASSIFIER": classifier,
         "EMOSERVE_WS_MAX_FPS": "0",
         "EMOSERVE_LOG_LEVEL": "WARNING",
     }
     server = stack.enter_context(run_server(env, work))
-    print(f"server: {detector} + tiny-emotion")
+    print(f"server: {detector} + {classifier}")
     return server.url
 
 
