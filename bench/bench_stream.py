@@ -4,8 +4,8 @@
 
 Without --url it starts a server itself (YuNet from ../shared when present, else the test detector;
 the shipped emotion-ferplus8, else the tiny test classifier). Each stream sends frames in lockstep
-(next frame when the result is back), so fps is what the server sustains and latency is the round trip. Targets on 2 CPU cores: one stream
->= 30 fps with p95 <= 50 ms; four streams >= 15 fps each.
+(next frame when the result is back), so fps is what the server sustains and latency is the round
+trip. Targets on 2 CPU cores: one stream >= 30 fps with p95 <= 50 ms; four streams >= 15 fps each.
 """
 
 from __future__ import annotations
