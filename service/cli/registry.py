@@ -14,7 +14,7 @@ COMMAND_MODULES: list[str] = [
     "service.cli.predict",  # issue: pipeline   (emoserve predict)
     "service.cli.serve",
     "service.cli.stream",  # issue: streaming  (emoserve stream)
-    # "training.cli",          # issue: training   (train, evaluate, compare, explain)
+    "training.cli",  # issue: training   (train, evaluate, compare, explain)
 ]
 
 

@@ -1,0 +1,143 @@
+"""Export: ONNX parity (and refusal on a broken export), publish with manifest/card, int8, store evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from model_store import ModelStore
+from tests.test_training import synthetic_faces, tiny_config
+from training import export as E
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(run folder, data folder) of a 2-epoch run on the synthetic dataset, with flip TTA in the export."""
+    import os
+
+    root = tmp_path_factory.mktemp("export")
+    os.environ["EMOSERVE_CACHE_DIR"] = str(root / "cache")
+    from training.train import train_run
+
+    data = synthetic_faces(root / "data", per_class=150)
+    train_run(tiny_config(epochs=2, flip_tta=True), data, root / "run", log=lambda s: None)
+    return root / "run", data
+
+
+def test_flip_tta_is_mirror_invariant() -> None:
+    from training.models import create_model
+
+    net = E.FlipTTA(create_model("resnet18s", 3, 1, width=8).eval())
+    x = torch.randn(2, 1, 48, 48)
+    with torch.no_grad():
+        assert torch.allclose(net(x), net(torch.flip(x, dims=[3])), atol=1e-5)
+
+
+def test_export_parity_and_tamper_detection(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from training.train import load_checkpoint
+
+    model, _, _ = load_checkpoint(trained[0] / "best.pt")
+    path = E.export_onnx(model, tmp_path / "m.onnx", (1, 48, 48))
+    assert list(tmp_path.iterdir()) == [path]  # one self-contained file
+    g = onnx.load(str(path))
+    assert g.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    x = np.random.default_rng(0).normal(size=(64, 1, 48, 48)).astype(np.float32)
+    assert E.parity_check(model, path, x) <= 1e-4
+    init = max(g.graph.initializer, key=lambda t: np.prod(t.dims))
+    arr = onnx.numpy_helper.to_array(init).copy()
+    arr.flat[: arr.size // 2] += 0.5
+    init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+    onnx.save(g, str(tmp_path / "bad.onnx"))
+    with pytest.raises(E.ParityError, match="parity"):
+        E.parity_check(model, tmp_path / "bad.onnx", x)
+
+
+def test_publish_writes_manifest_and_card(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    run, data = trained
+    store_root = tmp_path / "store"
+    m = E.publish_run(run, data, "emotion-test", store_root, shipped=None, int8=True, int8_max_drop=1.0,
+                      log=lambda s: None)  # fmt: skip
+    store = ModelStore(store_root, shipped=None)
+    resolved = store.get("emotion-test@production")
+    assert resolved.manifest.version == m.version == 1
+    assert m.labels == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    assert m.input.color == "GRAY" and m.input.size == (48, 48) and m.input.shape == ["batch", 1, 48, 48]
+    assert m.family == "resnet18s" and m.temperature is not None and m.temperature > 0
+    (acc,) = [v["accuracy"] for v in m.metrics.values()]
+    assert acc >= 0.6
+    assert m.provenance.training is not None and m.provenance.training.dataset_fingerprint
+    assert m.provenance.training.config["flip_tta"] is True
+    assert {f.path for f in m.files} == {"model.onnx", "model.int8.onnx"}
+    assert "Validation metrics" in (resolved.path / "MODEL_CARD.md").read_text()
+
+    from training.evaluate import evaluate_store_model
+
+    res = evaluate_store_model("emotion-test@production", data, "val", store_root=store_root)
+    assert res["accuracy"] == pytest.approx(acc, abs=1e-6)
+
+
+def test_publish_refused_on_parity_failure(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_export = E.export_onnx
+
+    def broken_export(model: torch.nn.Module, path: Path, input_size: tuple[int, int, int]) -> Path:
+        real_export(model, path, input_size)
+        g = onnx.load(str(path))
+        init = max(g.graph.initializer, key=lambda t: np.prod(t.dims))
+        arr = onnx.numpy_helper.to_array(init) * 3.0
+        init.CopyFrom(onnx.numpy_helper.from_array(arr.astype(np.float32), init.name))
+        onnx.save(g, str(path))
+        return path
+
+    monkeypatch.setattr(E, "export_onnx", broken_export)
+    store_root = tmp_path / "store"
+    with pytest.raises(E.ParityError):
+        E.publish_run(trained[0], trained[1], "emotion-bad", store_root, shipped=None, log=lambda s: None)
+    assert ModelStore(store_root, shipped=None).names() == []
+
+
+def test_evaluate_shared_classes(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """An 8-label model on 7-class data is scored on the shared classes."""
+    import cv2
+
+    from training.evaluate import evaluate_store_model
+
+    run, data = trained
+    store_root = tmp_path / "store"
+    m = E.publish_run(run, data, "emotion-seven", store_root, shipped=None, log=lambda s: None)
+    manifest_path = store_root / "emotion-seven" / str(m.version) / "manifest.json"
+    assert manifest_path.exists(), sorted(p.relative_to(store_root) for p in store_root.rglob("*"))
+    ferplus = tmp_path / "ferplus" / "FER2013Valid"
+    ferplus.mkdir(parents=True)
+    rows = []
+    for i, img in enumerate(sorted((data / "val" / "happy").glob("*.png"))[:5]):
+        cv2.imwrite(str(ferplus / f"f{i}.png"), cv2.imread(str(img), cv2.IMREAD_GRAYSCALE))
+        rows.append(f'f{i}.png,"(0, 0, 48, 48)",0,10,0,0,0,0,0,0,0,0')
+    rows.append('c.png,"(0, 0, 48, 48)",0,0,0,0,0,0,0,10,0,0')  # contempt: not a shared class
+    cv2.imwrite(str(ferplus / "c.png"), np.zeros((48, 48), np.uint8))
+    (ferplus / "label.csv").write_text("\n".join(rows) + "\n")
+    res = evaluate_store_model(f"emotion-seven@{m.version}", tmp_path / "ferplus", "val", store_root=store_root)
+    assert res["n"] == 6 and res["n_shared"] == 5 and "contempt" not in res["shared_classes"]
+    assert 0.0 <= res["accuracy_shared"] <= 1.0
+    json.dumps({k: v for k, v in res.items() if k != "_report"})
+
+
+def test_publish_shipped_layout(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    shipped = tmp_path / "shipped"
+    m = E.publish_shipped(trained[0], trained[1], "emotion-ship", shipped, log=lambda s: None)
+    assert json.loads((shipped / "emotion-ship" / "aliases.json").read_text()) == {
+        "aliases": {"production": 1}, "history": [],
+    }  # fmt: skip
+    assert sorted(p.name for p in (shipped / "emotion-ship" / "1").iterdir()) == [
+        "MODEL_CARD.md", "manifest.json", "model.onnx",
+    ]  # fmt: skip
+    assert not (shipped / ".staging").exists()
+    assert sorted(p.name for p in (shipped / "emotion-ship").iterdir()) == ["1", "aliases.json"]
+    store = ModelStore(tmp_path / "root", shipped=shipped)
+    assert store.get("emotion-ship@production").layer == "shipped" and m.version == 1

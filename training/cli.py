@@ -1,0 +1,97 @@
+"""`emoserve train` and `emoserve evaluate` (plus the model zoo's `compare` and `explain` when present).
+
+Nothing heavy is imported at module import time: torch and the training code load inside the commands.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+EXTRA_COMMAND_MODULES = ["training.compare", "training.explain"]  # each has register(app)
+
+
+def train_command(
+    config: Annotated[Path, typer.Option("--config", help="Run config (YAML).", exists=True, dir_okay=False)],
+    data: Annotated[Path | None, typer.Option("--data", help="Dataset folder or csv (else the config's).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<config name>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's last.pt.")] = False,
+    publish: Annotated[bool, typer.Option("--publish", help="Export and publish the best checkpoint.")] = False,
+    name: Annotated[str | None, typer.Option("--name", help="Model name to publish as (default: config name).")] = None,
+    alias: Annotated[str, typer.Option("--alias", help="Alias to set on publish.")] = "production",
+    folds: Annotated[int, typer.Option("--folds", help="Stratified k-fold CV instead of one run (k >= 2).")] = 0,
+    int8: Annotated[bool, typer.Option("--int8", help="Also publish an int8 QDQ model if accurate enough.")] = False,
+    shipped: Annotated[
+        bool, typer.Option("--shipped", help="Publish into the package's shipped layer (maintainers).")
+    ] = False,
+) -> None:
+    """Train a model from a YAML config; optionally publish it to the model store."""
+    from training.config import TrainConfig
+    from training.train import train_run
+
+    cfg = TrainConfig.from_yaml(config)
+    run_dir = out or Path("runs") / cfg.name
+    if folds:
+        from training.evaluate import kfold_cv
+
+        res = kfold_cv(cfg.to_dict(), Path(data or cfg.data or ""), run_dir, folds, log=typer.echo)
+        (run_dir / "kfold.json").write_text(json.dumps(res, indent=1))
+        typer.echo(f"{folds}-fold accuracy {res['accuracy_mean']:.4f} ± {res['accuracy_std']:.4f}")
+        return
+    metrics = train_run(cfg, data, run_dir, resume=resume, log=typer.echo)
+    typer.echo(f"val accuracy {metrics['val_accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f} ({run_dir})")
+    if publish and shipped:
+        from training.export import publish_shipped
+
+        publish_shipped(run_dir, data, name or cfg.name, alias=alias, int8=int8, log=typer.echo)
+    elif publish:
+        from service.settings import get_settings
+        from training.export import publish_run
+
+        publish_run(run_dir, data, name or cfg.name, get_settings().model_root, alias=alias, int8=int8,
+                    log=typer.echo)  # fmt: skip
+
+
+def evaluate_command(
+    model: Annotated[str, typer.Option("--model", help="NAME@ALIAS or NAME@VERSION from the model store.")],
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder or csv.", exists=True)],
+    split: Annotated[str, typer.Option("--split", help="train | val | test.")] = "val",
+    fmt: Annotated[str, typer.Option("--format", help="Dataset layout (auto-detected by default).")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    confusion: Annotated[Path | None, typer.Option("--confusion", help="Write the confusion matrix PNG here.")] = None,
+) -> None:
+    """Evaluate a stored ONNX model on a dataset split (accuracy, per-class table)."""
+    from training.evaluate import evaluate_store_model, format_report, save_confusion_png
+
+    if split not in ("train", "val", "test"):
+        raise typer.BadParameter("split must be train, val or test")
+    res: dict[str, Any] = evaluate_store_model(model, data, split, fmt)
+    rep = res.pop("_report")
+    if confusion is not None:
+        save_confusion_png(rep["confusion"], list(rep["per_class"]), confusion)
+    if as_json:
+        typer.echo(json.dumps(res, indent=1))
+        return
+    typer.echo(f"{res['model']} on {res['dataset']} {split} ({res['n']} images)")
+    typer.echo(format_report(rep))
+    if "accuracy_shared" in res:
+        typer.echo(f"shared classes ({len(res['shared_classes'])}): accuracy {res['accuracy_shared']:.4f} on "
+                   f"{res['n_shared']} images (restricted argmax); unrestricted {res['accuracy']:.4f}")  # fmt: skip
+
+
+def register(app: typer.Typer) -> None:
+    """Add `train` and `evaluate`, then the commands of EXTRA_COMMAND_MODULES that exist."""
+    app.command("train")(train_command)
+    app.command("evaluate")(evaluate_command)
+    for mod in EXTRA_COMMAND_MODULES:
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+            continue
+        module.register(app)

@@ -1,0 +1,91 @@
+"""Training run configuration (one YAML file per run, saved with the run's outputs)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Unknown keys in a YAML file are an error."""
+
+    name: str = "run"
+    model: str = "resnet18s"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = False
+    init_from: str | None = None  # checkpoint to start from (e.g. the FER+ model for FER2013; heads mapped by label)
+    # data
+    data: str | None = None  # dataset folder/file (the CLI's --data wins)
+    format: str = "auto"  # fer2013csv | fer2013 | ferplus | rafdb | affectnet | folder | auto
+    data_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"rule": "majority"} for FER+
+    soft_targets: bool = False  # train against soft targets (FER+ vote distributions) when the dataset has them
+    max_train_samples: int | None = None  # for smoke runs
+    # optimisation
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: str = "adamw"  # adamw | sgd | rmsprop
+    lr: float = 2e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | plateau | none
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    mixup: float = 0.0  # mixup alpha (0 = off)
+    patience: int = 0  # early stopping on val accuracy (0 = off)
+    # augmentation
+    augment: str = "standard"  # none | standard | balanced
+    rotation: float = 12.0
+    shift: float = 0.1
+    shear: float = 0.1
+    zoom: float = 0.1
+    hflip: float = 0.5
+    erasing: float = 0.0
+    pca: bool = False  # per-channel PCA keeping `pca_variance` of the variance (training/data/pca.py)
+    pca_variance: float = 0.95
+    # runtime
+    seed: int = 42
+    threads: int = 2
+    amp: str = "auto"  # auto (bf16 on CPU, fp16 on CUDA) | bf16 | fp16 | none
+    channels_last: bool = True
+    device: str = "auto"  # auto | cpu | cuda
+    eval_batch_size: int = 512
+    time_budget_s: float | None = None  # stop after the epoch that would overrun this
+    # export
+    flip_tta: bool = False  # export the average of the image and its mirror image
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> TrainConfig:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a config is a mapping")
+        return cls.from_dict(data)
+
+    def validate(self) -> None:
+        choices = {"optimizer": ("adamw", "sgd", "rmsprop"), "schedule": ("cosine", "plateau", "none"),
+                   "augment": ("none", "standard", "balanced"), "amp": ("auto", "bf16", "fp16", "none"),
+                   "device": ("auto", "cpu", "cuda")}  # fmt: skip
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs, batch_size and lr must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

@@ -1,0 +1,85 @@
+"""`FaceDataset`: decoded face crops (uint8, N x H x W or N x H x W x 3) with canonical labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from training.data.cache import content_fingerprint
+
+
+@dataclass
+class FaceDataset:
+    """A split of a face-emotion dataset.
+
+    `targets` are class indices into `labels`; `soft` (optional, N x C float32) holds per-image target
+    distributions (e.g. FER+ vote fractions). Indexing gives `(image, label)` or `(image, soft_vector)`
+    when soft targets exist.
+    """
+
+    images: np.ndarray
+    targets: np.ndarray
+    labels: list[str]
+    split: str
+    name: str = "dataset"
+    soft: np.ndarray | None = None
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.targets = np.asarray(self.targets, dtype=np.int64)
+        if len(self.images) != len(self.targets):
+            raise ValueError("images and targets differ in length")
+        if self.soft is not None and self.soft.shape != (len(self.targets), len(self.labels)):
+            raise ValueError(f"soft targets must be N x {len(self.labels)}")
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int | np.ndarray]:
+        if self.soft is not None:
+            return self.images[i], self.soft[i]
+        return self.images[i], int(self.targets[i])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = content_fingerprint(self.images, self.targets, self.labels)
+        return self._fingerprint
+
+    def counts(self) -> np.ndarray:
+        return np.bincount(self.targets, minlength=self.num_classes)
+
+    def subset(self, idx: np.ndarray, split: str | None = None) -> FaceDataset:
+        idx = np.asarray(idx, dtype=np.int64)
+        return FaceDataset(
+            self.images[idx], self.targets[idx], list(self.labels), split or self.split, self.name,
+            None if self.soft is None else self.soft[idx],
+        )  # fmt: skip
+
+
+def decode(path: str, size: int | None, gray: bool = True) -> np.ndarray:
+    """Read one image as uint8 gray (H x W) or RGB (H x W x 3), resized to size x size when given."""
+    flag = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
+    img = cv2.imread(path, flag)
+    if img is None:
+        raise OSError(f"cannot decode image {path}")
+    if not gray:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if size is not None and img.shape[:2] != (size, size):
+        interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
+        img = cv2.resize(img, (size, size), interpolation=interp)
+    return img
+
+
+def decode_all(paths: list[str], size: int | None, gray: bool = True) -> np.ndarray:
+    """Decode many images into one stacked uint8 array (all must share a size when `size` is None)."""
+    if not paths:
+        shape = (0, size or 48, size or 48) if gray else (0, size or 48, size or 48, 3)
+        return np.zeros(shape, np.uint8)
+    return np.stack([decode(p, size, gray) for p in paths])

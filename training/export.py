@@ -1,0 +1,243 @@
+"""Export a training run to ONNX, check parity with onnxruntime, and publish it to the model store.
+
+    publish_run(run_dir, data_dir, name, store_root) -> Manifest
+
+The ONNX file is one self-contained file (classic exporter, dynamic batch axis); with `flip_tta`
+the graph outputs the mean of the logits of the image and its mirror image. Publishing is refused
+(`ParityError`) when torch and onnxruntime disagree by more than 1e-4 on 64 validation images.
+Optional int8: static QDQ per-channel quantisation, calibrated on training images, published only
+when its accuracy is within `int8_max_drop` of the float model's.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+PARITY_ATOL = 1e-4
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+class ParityError(RuntimeError):
+    """The ONNX model does not reproduce the torch model's outputs."""
+
+
+class FlipTTA(nn.Module):
+    """Average the logits of the input and its horizontal mirror."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.net(x) + self.net(torch.flip(x, dims=[3]))) * 0.5
+
+
+def export_onnx(model: nn.Module, path: Path, input_size: tuple[int, int, int], opset: int = 17) -> Path:
+    """Write `model` (eval, fp32) as one ONNX file with input `input` [batch, C, H, W] and output `logits`."""
+    model = model.eval().float().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    dummy = torch.zeros(2, *input_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the classic exporter is deliberate: one file, no deps
+        torch.onnx.export(
+            model, (dummy,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=opset, dynamo=False,
+        )  # fmt: skip
+    return path
+
+
+def ort_run(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.asarray(sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0])
+
+
+def parity_check(model: nn.Module, path: Path, x: np.ndarray, atol: float = PARITY_ATOL) -> float:
+    """Max |torch - onnxruntime| over a batch; raises `ParityError` above `atol`."""
+    with torch.no_grad():
+        ref = model.eval().float()(torch.from_numpy(x)).numpy()
+    diff = float(np.abs(ref - ort_run(path, x)).max())
+    if not diff <= atol:  # NaN fails too
+        raise ParityError(f"ONNX parity check failed: max abs diff {diff:.3g} > {atol:g}; refusing to publish {path}")
+    return diff
+
+
+def quantize_int8(float_path: Path, calib: np.ndarray, out_path: Path) -> Path:
+    """Static QDQ int8 quantisation (per-channel weights) calibrated on `calib` (N x C x H x W float32)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{INPUT_NAME: calib[i : i + 32]} for i in range(0, len(calib), 32)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(float_path), str(pre))
+        quantize_static(str(pre), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)  # fmt: skip
+    return out_path
+
+
+def git_commit(repo: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo or Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10, check=True)  # fmt: skip
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def manifest_draft(
+    name: str, cfg: dict[str, Any], default_cfg: dict[str, Any], labels: list[str],
+    metrics: dict[str, dict[str, float]], temperature: float | None, provenance: dict[str, Any],
+    description: str = "", licence: str = "unknown",
+) -> dict[str, Any]:  # fmt: skip
+    """The manifest fields (all but version/files) of an exported classifier."""
+    c, h, w = default_cfg["input_size"]
+    return {
+        "name": name, "task": "emotion_classifier", "family": default_cfg["architecture"],
+        "description": description,
+        "inputs": [{"name": INPUT_NAME, "shape": ["batch", c, h, w], "layout": "NCHW", "color": default_cfg["color"],
+                    "size": (w, h), "scale": 1.0 / 255.0, "mean": list(default_cfg["mean"]),
+                    "std": list(default_cfg["std"])}],
+        "outputs": [{"name": OUTPUT_NAME, "shape": ["batch", len(labels)]}],
+        "labels": list(labels), "temperature": temperature, "metrics": metrics,
+        "provenance": {"licence": licence, "training": provenance}, "licence": licence,
+    }  # fmt: skip
+
+
+def model_card(draft: dict[str, Any], cfg: dict[str, Any], params: int, report_text: str, extra: str = "") -> str:
+    """MODEL_CARD.md for a trained classifier."""
+    inp = draft["inputs"][0]
+    metrics = "\n".join(f"- {ds}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items())
+                        for ds, m in draft["metrics"].items())  # fmt: skip
+    return f"""# {draft["name"]}
+
+{draft["description"]}
+
+- Architecture: `{draft["family"]}` ({params / 1e6:.2f}M parameters), config `{cfg.get("model_kwargs")}`
+- Input: {inp["color"]} {inp["size"][0]}x{inp["size"][1]}, NCHW, x = (pixel/255 - {inp["mean"]}) / {inp["std"]}
+- Output: logits over {", ".join(draft["labels"])}; temperature {draft["temperature"]}
+- Training: dataset `{draft["provenance"]["training"]["dataset"]}` (fingerprint
+  `{draft["provenance"]["training"]["dataset_fingerprint"]}`), {cfg.get("epochs")} epochs max, optimiser
+  {cfg.get("optimizer")} lr {cfg.get("lr")}, {cfg.get("schedule")} schedule, augmentation {cfg.get("augment")},
+  soft targets {cfg.get("soft_targets")}, flip TTA in graph {cfg.get("flip_tta")}
+- Licence: {draft["licence"]}
+
+## Validation metrics
+
+{metrics}
+
+```
+{report_text}
+```
+
+## Limitations
+
+Trained on 48x48 grayscale web faces (FER2013 images); accuracy drops on non-frontal, occluded or
+low-light faces and on demographics under-represented in FER2013. Not for decisions about people.
+{extra}
+"""
+
+
+def publish_run(
+    run_dir: Path, data_dir: Path | None, name: str, store_root: Path, alias: str | None = "production",
+    shipped: Path | None = None, int8: bool = False, int8_max_drop: float = 0.01, description: str = "",
+    licence: str = "research-only (FER2013 images); FER+ labels MIT", log: Any = print,
+) -> Any:  # fmt: skip
+    """Export `run_dir/best.pt`, check parity, compute validation metrics with onnxruntime and publish."""
+    from model_store import ModelStore
+    from training.data import load_dataset
+    from training.evaluate import classification_report, fit_temperature, format_report
+    from training.loop import Runtime, to_tensor
+    from training.train import load_checkpoint
+
+    model, cfg, ck = load_checkpoint(run_dir / "best.pt")
+    conf = ck["config"]
+    net: nn.Module = FlipTTA(model) if cfg.flip_tta else model
+    default_cfg = dict(model.default_cfg)  # type: ignore[arg-type]
+    data = Path(data_dir or cfg.data or "")
+    val = load_dataset(data, "val", cfg.format, **cfg.data_kwargs)
+    rt = Runtime(torch.device("cpu"), None, False)
+    x_val = to_tensor(val.images, default_cfg["mean"], default_cfg["std"], rt).numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_onnx(net, Path(tmp) / "model.onnx", tuple(default_cfg["input_size"]))
+        diff = parity_check(net, onnx_path, x_val[:64])
+        log(f"[export] parity ok: max abs diff {diff:.2e}")
+        logits = np.concatenate([ort_run(onnx_path, x_val[i : i + 512]) for i in range(0, len(x_val), 512)])
+        rep = classification_report(val.targets, logits, val.labels)
+        temp = fit_temperature(logits, val.targets)
+        key = f"{val.name}_{val.split}"
+        metrics = {key: {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"], "ece": temp["ece_after"],
+                         "nll": temp["nll_after"], "n": float(len(val))}}  # fmt: skip
+        log(f"[export] onnx {key}: accuracy {rep['accuracy']:.4f} macro F1 {rep['macro_f1']:.4f} "
+            f"T {temp['temperature']:.3f}")  # fmt: skip
+        files = {"model.onnx": onnx_path}
+        extra = ""
+        if int8:
+            extra = _int8(onnx_path, val, x_val, rep["accuracy"], int8_max_drop, files, metrics, key, log)
+        history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else []
+        provenance = {
+            "git_commit": git_commit(), "dataset": f"{val.name} ({data.name})",
+            "dataset_fingerprint": conf.get("dataset_fingerprint"), "config": cfg.to_dict(),
+            "date": datetime.now(UTC).isoformat(), "duration_s": float(sum(h["time_s"] for h in history)),
+        }  # fmt: skip
+        draft = manifest_draft(name, conf, default_cfg, val.labels, metrics, round(temp["temperature"], 4),
+                               provenance, description, licence)  # fmt: skip
+        params = sum(p.numel() for p in model.parameters())
+        card = model_card(draft, conf, params, format_report(rep), extra)
+        store = ModelStore(store_root, shipped=shipped)
+        manifest = store.publish(draft, files, card=card, alias=alias)
+    log(f"[export] published {manifest.name}@{manifest.version} to {store_root}")
+    return manifest
+
+
+def _int8(onnx_path: Path, val: Any, x_val: np.ndarray, float_acc: float, max_drop: float,
+          files: dict[str, Path], metrics: dict[str, dict[str, float]], key: str, log: Any) -> str:  # fmt: skip
+    """Quantise, check accuracy against the float model, add `model.int8.onnx` when within `max_drop`."""
+    q = quantize_int8(onnx_path, x_val[:256], onnx_path.with_name("model.int8.onnx"))
+    q_logits = np.concatenate([ort_run(q, x_val[i : i + 512]) for i in range(0, len(x_val), 512)])
+    q_acc = float((q_logits.argmax(1) == val.targets).mean())
+    log(f"[export] int8 accuracy {q_acc:.4f} (float {float_acc:.4f})")
+    if float_acc - q_acc > max_drop:
+        log(f"[export] int8 dropped: accuracy loss {float_acc - q_acc:.4f} > {max_drop}")
+        return ""
+    files["model.int8.onnx"] = q
+    metrics[key]["int8_accuracy"] = q_acc
+    return f"\nAn int8 (static QDQ, per-channel) variant `model.int8.onnx` is included: accuracy {q_acc:.4f}.\n"
+
+
+def publish_shipped(run_dir: Path, data_dir: Path | None, name: str, shipped_root: Path | None = None,
+                    alias: str = "production", log: Any = print, **kw: Any) -> Any:  # fmt: skip
+    """Publish into the read-only layer committed with the package (`model_store/shipped/<name>/<version>/`).
+
+    The alias file is written clean, `{"aliases": {alias: version}, "history": []}`, as shipped models carry
+    no alias history.
+    """
+    from model_store.store import SHIPPED_ROOT
+
+    root = Path(shipped_root or SHIPPED_ROOT)
+    manifest = publish_run(run_dir, data_dir, name, root, alias=None, shipped=None, log=log, **kw)
+    (root / name / "aliases.json").write_text(
+        json.dumps({"aliases": {alias: manifest.version}, "history": []}, indent=2) + "\n"
+    )
+    (root / name / ".lock").unlink(missing_ok=True)  # the writer's lock file is not part of the package
+    staging = root / ".staging"
+    if staging.is_dir() and not any(staging.iterdir()):
+        staging.rmdir()
+    return manifest

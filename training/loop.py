@@ -1,0 +1,147 @@
+"""The inner loops: device/precision selection, batches, one training epoch, prediction."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from training.config import TrainConfig
+from training.data.augment import AugmentParams, augment_batch, mixup, random_erasing
+
+
+@dataclass
+class Runtime:
+    """Where and how to compute: device, autocast dtype, memory format, distributed rank/world."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def setup_runtime(cfg: TrainConfig) -> Runtime:
+    """Pick the device (CUDA when present), autocast dtype, threads; join a torchrun process group."""
+    torch.set_num_threads(max(1, cfg.threads))
+    cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("config asks for device cuda but no GPU is available")
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if world > 1 and not torch.distributed.is_initialized():  # launched by torchrun
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    amp = cfg.amp
+    if amp == "auto":
+        amp = "fp16" if cuda else "bf16"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
+    if dtype is torch.float16 and not cuda:
+        dtype = torch.bfloat16  # fp16 autocast is a CUDA feature
+    return Runtime(device, dtype, cfg.channels_last, rank, world)
+
+
+def to_tensor(images: np.ndarray, mean: list[float], std: list[float], rt: Runtime) -> torch.Tensor:
+    """uint8 N x H x W (x C) -> normalised float N x C x H x W on the device."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    x = x.to(rt.device, dtype=torch.float32).div_(255.0)
+    m = torch.tensor(mean, device=rt.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=rt.device).view(1, -1, 1, 1)
+    x = (x - m) / s
+    return x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x
+
+
+def batches(n: int, batch_size: int, rng: np.random.Generator | None, rt: Runtime) -> Iterator[np.ndarray]:
+    """Index batches over range(n), shuffled when `rng` is given, sharded by rank for DDP."""
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    if rt.world > 1:
+        order = order[rt.rank :: rt.world]
+    for i in range(0, len(order), batch_size):
+        yield order[i : i + batch_size]
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return -(target * F.log_softmax(logits.float(), 1)).sum(1).mean()
+
+
+def train_epoch(
+    model: nn.Module, images: np.ndarray, targets: np.ndarray, optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig, rt: Runtime, rng: np.random.Generator, norm: tuple[list[float], list[float]],
+    step_fn: Any = None, desc: str = "train",
+) -> tuple[float, float]:  # fmt: skip
+    """One pass over (images, targets). `targets` is N (class ids) or N x C (distributions).
+
+    Returns (mean loss, accuracy against the argmax target). `step_fn()` runs after each step.
+    """
+    model.train()
+    aug = AugmentParams(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.hflip, cfg.erasing)
+    policy = "standard" if cfg.augment == "balanced" else cfg.augment
+    num_classes = int(targets.shape[1]) if targets.ndim == 2 else int(targets.max()) + 1
+    num_classes = max(num_classes, _out_features(model))
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    tot_loss, correct, seen = 0.0, 0, 0
+    bar = tqdm(list(batches(len(images), cfg.batch_size, rng, rt)), desc=desc, leave=False, disable=not rt.main,
+               mininterval=0.5 if sys.stderr.isatty() else 60)
+    for idx in bar:
+        if len(idx) < 2:
+            continue  # BatchNorm needs 2+ samples
+        x = to_tensor(augment_batch(images[idx], rng, policy, aug), *norm, rt)
+        x = random_erasing(x, cfg.erasing, gen)
+        t = torch.from_numpy(targets[idx]).to(rt.device)
+        dist = t.float() if t.ndim == 2 else F.one_hot(t, num_classes).float()
+        if cfg.label_smoothing > 0:
+            dist = dist * (1 - cfg.label_smoothing) + cfg.label_smoothing / num_classes
+        x, dist = mixup(x, dist, cfg.mixup, rng)
+        with rt.autocast():
+            logits = model(x)
+        loss = soft_cross_entropy(logits, dist)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step_fn is not None:
+            step_fn()
+        tot_loss += float(loss.detach()) * len(idx)
+        correct += int((logits.argmax(1) == dist.argmax(1)).sum())
+        seen += len(idx)
+        bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+    return tot_loss / max(seen, 1), correct / max(seen, 1)
+
+
+def _out_features(model: nn.Module) -> int:
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return int(last[-1].out_features) if last else 0
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, images: np.ndarray, norm: tuple[list[float], list[float]], rt: Runtime, batch_size: int = 512
+) -> np.ndarray:
+    """Float32 logits N x C of `model` (eval mode) on uint8 images."""
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = to_tensor(images[i : i + batch_size], *norm, rt)
+        with rt.autocast():
+            out.append(model(x).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, _out_features(model)), np.float32)

@@ -1,0 +1,266 @@
+"""A training run: data, model, optimiser and schedule from a `TrainConfig`; checkpoints in the run folder.
+
+    train_run(config, data_dir, out_dir, resume=False) -> metrics dict
+
+The run folder holds `config.yaml`, `last.pt` (everything needed to resume), `best.pt` (best
+validation accuracy), `history.json` and, at the end, `metrics.json` and `confusion.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from training.config import TrainConfig
+from training.data import FaceDataset, load_dataset
+from training.data.augment import balanced_indices
+from training.data.pca import PCAProjection, fit_pca
+from training.loop import Runtime, predict_logits, setup_runtime, to_tensor, train_epoch
+from training.models import create_model
+
+
+class WithPCA(nn.Module):
+    """A PCA projection (training/data/pca.py) in front of a network."""
+
+    def __init__(self, pca: PCAProjection, net: nn.Module) -> None:
+        super().__init__()
+        self.pca, self.net = pca, net
+        self.default_cfg = dict(net.default_cfg)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.pca(x))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: TrainConfig, num_classes: int, in_chans: int, state: dict[str, Any] | None = None) -> nn.Module:
+    """The network of `cfg`; with `state` (a checkpoint's state_dict) the PCA buffers get their saved shapes."""
+    net = create_model(cfg.model, num_classes, in_chans, pretrained=cfg.pretrained, **cfg.model_kwargs)
+    if not cfg.pca:
+        return net
+    if state is None:
+        raise ValueError("a PCA model is built by fitting (train_run) or from a checkpoint state")
+    comps = state["pca.components"]
+    pca = PCAProjection(state["pca.means"].clone(), [c.clone() for c in comps])
+    return WithPCA(pca, net)
+
+
+def load_checkpoint(path: Path) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
+    """Rebuild the model of a `best.pt`/`last.pt` checkpoint: (model in eval mode, config, checkpoint dict)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = TrainConfig.from_dict({k: v for k, v in ckpt["config"].items() if k in TrainConfig.__dataclass_fields__})
+    model = build_model(cfg, int(ckpt["config"]["num_classes"]), int(ckpt["config"]["in_chans"]), ckpt["model"])
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, cfg, ckpt
+
+
+def init_from_checkpoint(model: nn.Module, path: Path, classes: list[str]) -> list[str]:
+    """Copy weights of matching shape from a checkpoint; class-indexed tensors (the head) are mapped by label name.
+
+    Returns the names of the tensors that were not initialised.
+    """
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    src, src_classes = ck["model"], list(ck["config"]["classes"])
+    state = model.state_dict()
+    missing = []
+    for key, dst in state.items():
+        w = src.get(key)
+        if w is not None and w.shape == dst.shape and src_classes == classes:
+            state[key] = w
+        elif w is not None and w.ndim >= 1 and w.shape[1:] == dst.shape[1:] and (w.shape[0], dst.shape[0]) == (
+            len(src_classes), len(classes)
+        ):  # a class-indexed tensor: map rows by label, keep the fresh init of new classes
+            for i, c in enumerate(classes):
+                if c in src_classes:
+                    dst[i] = w[src_classes.index(c)]
+            state[key] = dst
+        elif w is not None and w.shape == dst.shape:
+            state[key] = w
+        else:
+            missing.append(key)
+    model.load_state_dict(state)
+    return missing
+
+
+def load_splits(cfg: TrainConfig, data_dir: Path) -> tuple[FaceDataset, FaceDataset]:
+    train = load_dataset(data_dir, "train", cfg.format, **cfg.data_kwargs)
+    val = load_dataset(data_dir, "val", cfg.format, **cfg.data_kwargs)
+    if cfg.max_train_samples and len(train) > cfg.max_train_samples:
+        rng = np.random.default_rng(cfg.seed)
+        train = train.subset(np.sort(rng.choice(len(train), cfg.max_train_samples, replace=False)))
+    return train, val
+
+
+def norm_of(model: nn.Module) -> tuple[list[float], list[float]]:
+    dc: dict[str, Any] = model.default_cfg  # type: ignore[assignment]
+    return list(dc["mean"]), list(dc["std"])
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
+    """Cosine with linear warm-up (stepped per batch), or reduce-on-plateau (stepped per epoch on val accuracy)."""
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=3)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if cfg.schedule == "none":
+            return 1.0
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _checkpoint_config(cfg: TrainConfig, train: FaceDataset) -> dict[str, Any]:
+    in_chans = 1 if train.images.ndim == 3 else int(train.images.shape[3])
+    return {**cfg.to_dict(), "num_classes": train.num_classes, "in_chans": in_chans, "classes": list(train.labels),
+            "dataset": train.name, "dataset_fingerprint": train.fingerprint}  # fmt: skip
+
+
+def train_run(
+    config: TrainConfig | dict[str, Any], data_dir: Path | str | None, out_dir: Path | str, resume: bool = False,
+    log: Any = print, splits: tuple[FaceDataset, FaceDataset] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Train one model; returns the final validation metrics (see module docstring for the files written).
+
+    `splits` (train, val) overrides reading `data_dir` (k-fold CV passes its folds this way).
+    """
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
+    data = Path(data_dir or cfg.data or "")
+    if splits is None and not str(data_dir or cfg.data or ""):
+        raise ValueError("no dataset: pass --data or set `data` in the config")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.yaml")
+    seed_everything(cfg.seed)
+    rt = setup_runtime(cfg)
+    t0 = time.time()
+    train, val = splits if splits is not None else load_splits(cfg, data)
+    log(f"[train] {cfg.name}: {train.name} train={len(train)} val={len(val)} classes={train.labels} "
+        f"({time.time() - t0:.1f}s to load)")  # fmt: skip
+    ck_cfg = _checkpoint_config(cfg, train)
+    model = create_model(cfg.model, train.num_classes, ck_cfg["in_chans"], cfg.pretrained, **cfg.model_kwargs)
+    if cfg.init_from:
+        missing = init_from_checkpoint(model, Path(cfg.init_from), train.labels)
+        log(f"[train] initialised from {cfg.init_from}" + (f"; not found: {missing}" if missing else ""))
+    if cfg.pca:
+        x = to_tensor(train.images[:10000], *norm_of(model), Runtime(torch.device("cpu"), None, False)).numpy()
+        model = WithPCA(fit_pca(x, cfg.pca_variance, seed=cfg.seed), model)
+    model = model.to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    norm = norm_of(model)
+    targets = train.soft if (cfg.soft_targets and train.soft is not None) else train.targets
+    steps = math.ceil(len(train) / cfg.batch_size / rt.world)
+    if cfg.augment == "balanced":
+        steps = math.ceil(int(train.counts().max()) * train.num_classes / cfg.batch_size / rt.world)
+    opt = make_optimizer(cfg, model)
+    sched = make_scheduler(cfg, opt, steps)
+    net: nn.Module = model
+    if rt.world > 1:
+        ids = [rt.device.index] if rt.device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    rng = np.random.default_rng(cfg.seed)
+    start, best, history, elapsed = 0, -1.0, [], 0.0
+    if resume and (out / "last.pt").exists():
+        ck = torch.load(out / "last.pt", map_location=rt.device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        start, best, history, elapsed = ck["epoch"], ck["best"], ck["history"], ck.get("elapsed", 0.0)
+        log(f"[train] resumed after epoch {start} (best val acc {best:.4f})")
+    n_params = sum(p.numel() for p in model.parameters())
+    since_best = 0
+    for epoch in range(start, cfg.epochs):
+        te = time.time()
+        idx = balanced_indices(train.targets, rng) if cfg.augment == "balanced" else np.arange(len(train))
+        step = sched.step if cfg.schedule != "plateau" else None
+        loss, acc = train_epoch(net, train.images[idx], targets[idx], opt, cfg, rt, rng, norm, step,
+                                desc=f"epoch {epoch + 1}/{cfg.epochs}")  # fmt: skip
+        logits = predict_logits(model, val.images, norm, rt, cfg.eval_batch_size)
+        val_acc = float((logits.argmax(1) == val.targets).mean())
+        if cfg.schedule == "plateau":
+            sched.step(val_acc)
+        dt = time.time() - te
+        elapsed += dt
+        history.append({"epoch": epoch + 1, "loss": loss, "train_acc": acc, "val_acc": val_acc, "time_s": dt,
+                        "lr": opt.param_groups[0]["lr"]})  # fmt: skip
+        improved = val_acc > best
+        if improved:
+            best, since_best = val_acc, 0
+        else:
+            since_best += 1
+        if rt.main:
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            if improved:
+                torch.save({"model": state, "config": ck_cfg, "epoch": epoch + 1, "val_accuracy": val_acc},
+                           out / "best.pt")  # fmt: skip
+            torch.save({"model": state, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "epoch": epoch + 1,
+                        "best": best, "history": history, "elapsed": elapsed, "config": ck_cfg},
+                       out / "last.pt.tmp")  # fmt: skip
+            (out / "last.pt.tmp").replace(out / "last.pt")
+            (out / "history.json").write_text(json.dumps(history, indent=1))
+            log(f"[train] epoch {epoch + 1}/{cfg.epochs} loss {loss:.4f} train {acc:.4f} val {val_acc:.4f}"
+                f"{' *' if improved else ''} ({dt:.0f}s)")  # fmt: skip
+        if cfg.patience and since_best >= cfg.patience:
+            log(f"[train] early stop: no improvement for {cfg.patience} epochs")
+            break
+        if cfg.time_budget_s and elapsed + dt > cfg.time_budget_s and epoch + 1 < cfg.epochs:
+            log(f"[train] time budget {cfg.time_budget_s:.0f}s reached; resume with --resume")
+            break
+    return finish_run(out, val, rt, n_params, elapsed, log)
+
+
+def finish_run(
+    out: Path, val: FaceDataset, rt: Runtime, n_params: int, elapsed: float, log: Any = print
+) -> dict[str, Any]:
+    """Evaluate the best checkpoint (fp32) on validation; write metrics.json and confusion.png."""
+    from training.evaluate import classification_report, fit_temperature, save_confusion_png
+
+    model, _, ck = load_checkpoint(out / "best.pt")
+    fp32 = Runtime(rt.device, None, False)
+    logits = predict_logits(model.to(rt.device), val.images, norm_of(model), fp32)
+    report = classification_report(val.targets, logits, val.labels)
+    temp = fit_temperature(logits, val.targets)
+    metrics: dict[str, Any] = {
+        "val_accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "params": n_params,
+        "train_time_s": elapsed, "best_epoch": ck["epoch"], "temperature": temp["temperature"],
+        "ece_before": temp["ece_before"], "ece_after": temp["ece_after"], "nll_before": temp["nll_before"],
+        "nll_after": temp["nll_after"], "per_class": report["per_class"], "run_dir": str(out),
+        "dataset_fingerprint": ck["config"]["dataset_fingerprint"], "val_size": len(val),
+    }  # fmt: skip
+    if rt.main:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        save_confusion_png(report["confusion"], val.labels, out / "confusion.png")
+        log(f"[train] best epoch {ck['epoch']}: val accuracy {report['accuracy']:.4f}, macro F1 "
+            f"{report['macro_f1']:.4f}, T={temp['temperature']:.3f}")  # fmt: skip
+    return metrics
