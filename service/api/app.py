@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from model_store import ModelStore
 from service import __version__
 from service.api import error_handlers, routes_analyze, routes_health, routes_models, routes_stream, stream_demo
-from service.api.admission import AdmissionGate
+from service.api.admission import AdmissionMiddleware
 from service.api.auth import KeyRing
 from service.api.body_limit import BodyLimitMiddleware
 from service.api.cache import ResultCache
@@ -71,7 +71,6 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
             limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst, metrics, redis),
             keys=KeyRing(settings.api_keys, settings.admin_keys),
             redis=redis,
-            admission=AdmissionGate(settings.max_inflight),
         )
         streams = app.state.streams = StreamHub()
         streams.install_signal_hook()  # open streams close with 1001 before uvicorn's own shutdown
@@ -107,4 +106,5 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
         )
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(AdmissionMiddleware, limit=settings.max_inflight, metrics=metrics)  # outermost: cheapest
     return app

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from model_store import ModelStore
-from service.api.admission import AdmissionGate
 from service.api.auth import KeyRing, Principal, Scope
 from service.api.cache import ResultCache
 from service.api.events import ModelEvents
@@ -29,7 +28,6 @@ class ServiceContext:
     limiter: RateLimiter
     keys: KeyRing
     redis: RedisLink | None
-    admission: AdmissionGate
 
 
 def context(request: Request) -> ServiceContext:

@@ -115,10 +115,9 @@ async def _timed(ctx: ServiceContext, data: bytes, options: dict[str, Any]) -> d
 async def analyze(request: Request) -> JSONResponse:
     await authorize(request)
     ctx = context(request)
-    async with ctx.admission.admit():
-        req = await read_images(request)
-        _, data = req.images[0]
-        return JSONResponse(await _timed(ctx, data, req.options))
+    req = await read_images(request)
+    _, data = req.images[0]
+    return JSONResponse(await _timed(ctx, data, req.options))
 
 
 @router.post(
@@ -141,8 +140,7 @@ async def analyze_batch(request: Request) -> JSONResponse:
         except (InvalidImage, ImageTooLarge) as exc:  # a bad image fails its own slot only
             return error_body(exc)
 
-    async with ctx.admission.admit(len(req.images)):
-        results = await asyncio.gather(*(slot(data) for _, data in req.images))
+    results = await asyncio.gather(*(slot(data) for _, data in req.images))
     return JSONResponse({"results": list(results)})
 
 
@@ -156,10 +154,9 @@ async def analyze_batch(request: Request) -> JSONResponse:
 async def annotate(request: Request) -> Response:
     await authorize(request)
     ctx = context(request)
-    async with ctx.admission.admit():
-        req = await read_images(request)
-        _, data = req.images[0]
-        body = await _timed(ctx, data, req.options)
+    req = await read_images(request)
+    _, data = req.images[0]
+    body = await _timed(ctx, data, req.options)
     started = time.perf_counter()
     jpeg = await asyncio.to_thread(annotate_jpeg, data, body, max_pixels=ctx.settings.max_image_pixels)
     ctx.metrics.stage_duration.labels(stage="annotate").observe(time.perf_counter() - started)
