@@ -81,7 +81,19 @@ def test_table_and_annotate(root: Path, images: list[Path], tmp_path: Path) -> N
 
 def test_no_classifier_refuses_with_a_hint(tmp_path: Path, images: list[Path]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMOSERVE_")}
-    env.update({"EMOSERVE_MODEL_ROOT": str(tmp_path / "empty"), "COLUMNS": "200"})
+    # a store with a detector but no classifier named by EMOSERVE_CLASSIFIER (the shipped default
+    # classifier exists in every store, so point the setting at one that does not)
+    publish_test_detector(ModelStore(tmp_path / "root"), tmp_path)
+    env.update(
+        {
+            "EMOSERVE_MODEL_ROOT": str(tmp_path / "root"),
+            "COLUMNS": "200",
+            "EMOSERVE_DETECTOR": "center-det@production",
+            "EMOSERVE_CLASSIFIER": "emotion-none@production",
+            "EMOSERVE_PLUGINS": '["tests.helpers.tiny_models:register_test_detector"]',
+            "PYTHONPATH": str(REPO),
+        }
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "service", "predict", str(images[0])],
         cwd=REPO,
