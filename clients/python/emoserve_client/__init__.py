@@ -1,9 +1,9 @@
 """Python SDK for emoserve: REST (`analyze`, `analyze_batch`, `annotate`) and the WebSocket stream.
 
-    from emoserve_client import Client
-    with Client("http://127.0.0.1:8000") as c:
-        result = c.analyze("face.jpg")
-        print(result.faces[0].emotion.label)
+from emoserve_client import Client
+with Client("http://127.0.0.1:8000") as c:
+    result = c.analyze("face.jpg")
+    print(result.faces[0].emotion.label)
 """
 
 from __future__ import annotations

@@ -111,14 +111,9 @@ async def astream(
                     if sender.done() and sender.exception() is None and _is_clean(exc):
                         return
                     raise _closed(exc) from None
-                message = parse_server_message(raw)
-                if isinstance(message, StreamError) and on_error is not None:
-                    on_error(message)
-                if isinstance(message, StreamResult):
-                    yield message
-                frame_id = getattr(message, "frame_id", None)
-                if isinstance(frame_id, int):
-                    max_seen = max(max_seen, frame_id)
+                result, max_seen = _handle(raw, on_error, max_seen)
+                if result is not None:
+                    yield result
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -184,11 +179,19 @@ def stream_sync(
                 if last is not None and _is_clean(exc):
                     return
                 raise _closed(exc) from None
-            message = parse_server_message(raw)
-            if isinstance(message, StreamError) and on_error is not None:
-                on_error(message)
-            if isinstance(message, StreamResult):
-                yield message
-            frame_id = getattr(message, "frame_id", None)
-            if isinstance(frame_id, int):
-                max_seen = max(max_seen, frame_id)
+            result, max_seen = _handle(raw, on_error, max_seen)
+            if result is not None:
+                yield result
+
+
+def _handle(
+    raw: str | bytes, on_error: Callable[[StreamError], None] | None, max_seen: int
+) -> tuple[StreamResult | None, int]:
+    """Parse one server message: report errors, return a result, and track the highest frame id seen."""
+    message = parse_server_message(raw)
+    if isinstance(message, StreamError) and on_error is not None:
+        on_error(message)
+    frame_id = getattr(message, "frame_id", None)
+    if isinstance(frame_id, int):
+        max_seen = max(max_seen, frame_id)
+    return (message if isinstance(message, StreamResult) else None), max_seen
