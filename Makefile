@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MIRROR ?= ../shared/models
 
-.PHONY: setup run test lint typecheck reliability bench clean
+.PHONY: setup run test lint typecheck reliability bench bench-peer clean
 
 setup: $(BIN)/emoserve
 
@@ -29,7 +29,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 typecheck: setup
-	$(BIN)/mypy service model_store training clients tests
+	$(BIN)/mypy service model_store training clients tests bench
 
 # Fuzzing, overload and fault injection against a real server (loopback only, bounded); writes docs/reliability.md
 reliability: setup
@@ -39,6 +39,19 @@ bench: setup
 	$(BIN)/python bench/bench_pipeline.py
 	$(BIN)/python bench/bench_http.py
 	$(BIN)/python bench/bench_stream.py
+
+# The peer (`fer`: TensorFlow, Haar cascade, mini-Xception) in its own environment, then the side-by-side run
+FER_VENV ?= .venv-fer
+$(FER_VENV)/bin/python:
+	$(PY) -m venv $(FER_VENV)
+	$(FER_VENV)/bin/pip install -q --upgrade pip
+	# fer's own requirements name facenet-pytorch (a CUDA torch) for its optional MTCNN: install what it imports
+	$(FER_VENV)/bin/pip install -q "tensorflow-cpu==2.20.0" "opencv-contrib-python-headless==4.12.0.88" \
+		"pandas==3.1.1" "requests==2.34.2" "pillow==13.0.0" "tqdm==4.70.1" "setuptools<81"
+	$(FER_VENV)/bin/pip install -q --no-deps "fer==25.10.3"
+
+bench-peer: setup $(FER_VENV)/bin/python
+	$(BIN)/python bench/bench_peer.py --fer-python $(FER_VENV)/bin/python
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

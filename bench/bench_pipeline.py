@@ -2,8 +2,10 @@
 
     .venv/bin/python bench/bench_pipeline.py [--iterations 40] [--shared ../shared]
 
-Needs ../shared (YuNet and photos). Builds a temporary store with YuNet and a generated
-~1M-parameter classifier (5 strided convs on 1x48x48). End-to-end runs are single-stream
+Needs ../shared (YuNet and photos). Builds a temporary store with YuNet (twice: in onnxruntime, the
+default, and in OpenCV's FaceDetectorYN as the same-run baseline) and a generated ~1M-parameter
+classifier (5 strided convs on 1x48x48); the classifier table adds the shipped default classifier.
+End-to-end runs are single-stream
 (`Pipeline.analyze_sync`, no batching delay); images are real photos cropped/resized/padded to
 640x480 and 1280x720 with 1 face (obama.jpg) and 9 faces (12_angry_men.jpg).
 Targets on 2 cores: 640x480 one-face p50 <= 10 ms; classifier >= 1,000 faces/s at batch 32.
@@ -153,6 +155,7 @@ def main() -> None:
         tmpdir = Path(tmp)
         store = ModelStore(tmpdir / "store", shipped=None)
         det = publish_yunet(store, yunet)
+        det_cv = publish_yunet(store, yunet, "yunet-opencv", runtime="opencv")  # the same-run baseline
         clf_path = conv_classifier_onnx(tmpdir / "conv1m.onnx")
         draft = {**classifier_draft("conv-1m"), "family": "bench-conv", "description": "benchmark conv net"}
         assert len(draft["labels"]) == len(EMOTIONS)
@@ -166,6 +169,7 @@ def main() -> None:
         images = _images(args.shared)
         table = Table(title="pipeline, single stream (ms; p50 per stage)")
         for col in (
+            "YuNet in",
             "image",
             "threads",
             "faces",
@@ -177,18 +181,21 @@ def main() -> None:
             "total p90",
             "images/s",
         ):
-            table.add_column(col, justify="left" if col == "image" else "right")
-        for threads in args.threads:
-            for row in bench_pipeline(store, det.ref, clf.ref, images, args.iterations, threads):
-                table.add_row(*row)
+            table.add_column(col, justify="left" if col in ("image", "YuNet in") else "right")
+        for ref, runtime in ((det.ref, "onnxruntime"), (det_cv.ref, "opencv")):
+            for threads in args.threads:
+                for row in bench_pipeline(store, ref, clf.ref, images, args.iterations, threads):
+                    table.add_row(runtime, *row)
         console.print(table)
 
-        ctable = Table(title="classifier (~1M params, 1x48x48) throughput")
-        for col in ("batch", "threads", "p50 ms/batch", "faces/s"):
+        ctable = Table(title="classifier throughput (1x48x48 input)")
+        for col in ("model", "batch", "threads", "p50 ms/batch", "faces/s"):
             ctable.add_column(col, justify="right")
-        for threads in args.threads:
-            for row in bench_classifier(clf_path, args.iterations, threads):
-                ctable.add_row(*row)
+        shipped = ModelStore(tmpdir / "empty").get("emotion-ferplus8@production")  # the shipped default
+        for label, path in (("conv-1m (generated)", clf_path), (f"{shipped.ref} (2.8M, flip TTA)", shipped.model_path)):
+            for threads in args.threads:
+                for row in bench_classifier(path, args.iterations, threads):
+                    ctable.add_row(label, *row)
         console.print(ctable)
 
 

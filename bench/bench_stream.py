@@ -68,7 +68,7 @@ async def run_level(url: str, frames: list[bytes], streams: int, seconds: float)
     return per_stream_fps, float(np.percentile(lat, 50)), float(np.percentile(lat, 95))
 
 
-def start_server(stack: ExitStack) -> str:
+def start_server(stack: ExitStack, classifier: str = "emotion-ferplus8@production") -> str:
     from model_store import ModelStore
     from tests.api_server import run_server
     from tests.helpers.tiny_models import publish_test_detector, publish_tiny_classifier, publish_yunet
@@ -82,8 +82,7 @@ def start_server(stack: ExitStack) -> str:
     else:
         publish_test_detector(store, work)
         detector = "center-det@production"
-    classifier = "emotion-ferplus8@production"
-    if "emotion-ferplus8" not in store.names():  # no shipped default: the tiny test classifier
+    if classifier.split("@")[0] not in store.names():  # no shipped model: the tiny test classifier
         publish_tiny_classifier(store, work)
         classifier = "tiny-emotion@production"
     env = {
@@ -103,10 +102,13 @@ def main() -> None:
     parser.add_argument("--url", help="a running service (default: start one)")
     parser.add_argument("--seconds", type=float, default=8.0, help="per concurrency level")
     parser.add_argument("--streams", default="1,2,4")
+    parser.add_argument(
+        "--classifier", default="emotion-ferplus8@production", help="e.g. emotion-ferplus8-fast@production"
+    )
     args = parser.parse_args()
     frames = make_frames()
     with ExitStack() as stack:
-        base = args.url or start_server(stack)
+        base = args.url or start_server(stack, args.classifier)
         url = base.replace("http", "ws", 1).rstrip("/") + "/v1/stream"
         asyncio.run(one_stream(url, frames, 1.0))  # warm-up
         print(f"{'streams':>7} | {'fps/stream':>10} | {'total fps':>9} | {'p50 ms':>7} | {'p95 ms':>7}")

@@ -291,14 +291,6 @@ class ModelStore:
             self.storage.delete_version(name, version)
         self._emit(StoreEvent("remove", name, version))
 
-    def find_by_sha256(self, name: str, sha256: str) -> int | None:
-        """The version of `name` whose model file has this sha256, if any (used by pull to stay idempotent)."""
-        for v in self.versions(name):
-            m = self._layer_of(name, v).read_manifest(name, v)
-            if any(f.sha256 == sha256 for f in m.files):
-                return v
-        return None
-
 
 def _history(alias: str, version: int, previous: int | None, action: str) -> dict[str, Any]:
     return {

@@ -38,7 +38,10 @@ class Server:
 
 
 @contextmanager
-def run_server(env: dict[str, str], log_dir: Path, *, ready: bool = True, workers: int = 1) -> Iterator[Server]:
+def run_server(
+    env: dict[str, str], log_dir: Path, *, ready: bool = True, workers: int = 1, cpus: str | None = None
+) -> Iterator[Server]:
+    """Start `emoserve serve` on a free loopback port (pinned to `cpus`, e.g. "1", when given); wait until ready."""
     port = free_port()
     full = {k: v for k, v in os.environ.items() if not k.startswith("EMOSERVE_")}
     full.update({"EMOSERVE_PLUGINS": TEST_PLUGIN, "PYTHONPATH": str(REPO), "EMOSERVE_LOG_LEVEL": "INFO", **env})
@@ -46,6 +49,7 @@ def run_server(env: dict[str, str], log_dir: Path, *, ready: bool = True, worker
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             [
+                *(["taskset", "-c", cpus] if cpus else []),
                 sys.executable,
                 "-m",
                 "service",

@@ -22,10 +22,15 @@ import pytest
 from model_store import ModelStore
 from tests.api_server import Server, free_port, run_server
 from tests.conftest import shared_path
-from tests.helpers.tiny_models import publish_test_detector, publish_tiny_classifier, publish_yunet
+from tests.helpers.tiny_models import (
+    TEST_CLASSIFIER_REF,
+    publish_test_models,
+    publish_tiny_classifier,
+    publish_yunet,
+    tiny_models_env,
+)
 
-DETECTOR = "center-det@production"
-CLASSIFIER = "tiny-emotion@production"
+base_env = tiny_models_env
 
 
 def jpeg(seed: int | None = 0, size: tuple[int, int] = (320, 240)) -> bytes:
@@ -37,15 +42,7 @@ def jpeg(seed: int | None = 0, size: tuple[int, int] = (320, 240)) -> bytes:
 
 @pytest.fixture(scope="module")
 def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("api-models")
-    store = ModelStore(work / "root", shipped=None)
-    publish_test_detector(store, work)
-    publish_tiny_classifier(store, work)
-    return work / "root"
-
-
-def base_env(root: Path, **extra: str) -> dict[str, str]:
-    return {"EMOSERVE_MODEL_ROOT": str(root), "EMOSERVE_DETECTOR": DETECTOR, "EMOSERVE_CLASSIFIER": CLASSIFIER, **extra}
+    return publish_test_models(tmp_path_factory.mktemp("api-models"))
 
 
 @pytest.fixture(scope="module")
@@ -231,11 +228,7 @@ def test_health_and_models(server: Server) -> None:
 
 
 def test_not_ready_is_503_with_retry_after(tmp_path: Path) -> None:
-    env = {
-        "EMOSERVE_MODEL_ROOT": str(tmp_path / "empty"),
-        "EMOSERVE_DETECTOR": DETECTOR,
-        "EMOSERVE_CLASSIFIER": CLASSIFIER,
-    }
+    env = base_env(tmp_path / "empty")
     with run_server(env, tmp_path, ready=False) as s, s.client() as c:
         ready = c.get("/readyz")
         r = c.post("/v1/analyze", content=jpeg(), headers={"content-type": "image/jpeg"})
@@ -284,13 +277,7 @@ def test_api_keys_and_admin_scope(model_root: Path, tmp_path: Path) -> None:
 
 
 def test_promotion_under_load_answers_everything(tmp_path: Path) -> None:
-    store = ModelStore(tmp_path / "root", shipped=None)
-    publish_test_detector(store, tmp_path)
-    publish_tiny_classifier(store, tmp_path)  # v1 = production
-    store.publish(
-        store.manifest("tiny-emotion@1").model_dump(exclude={"version", "files", "created"}),
-        {"model.onnx": store.get("tiny-emotion@1").model_path},
-    )  # v2
+    publish_test_models(tmp_path, classifier_versions=2)  # production = v1
     env = base_env(tmp_path / "root", EMOSERVE_ADMIN_KEYS='["admin"]', EMOSERVE_CACHE_TTL_S="0")
     with run_server(env, tmp_path) as s:
 
@@ -315,9 +302,7 @@ def test_promotion_under_load_answers_everything(tmp_path: Path) -> None:
 
 
 def test_failed_load_keeps_old_version(tmp_path: Path) -> None:
-    store = ModelStore(tmp_path / "root", shipped=None)
-    publish_test_detector(store, tmp_path)
-    publish_tiny_classifier(store, tmp_path)
+    store = ModelStore(publish_test_models(tmp_path), shipped=None)
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"this is not an onnx graph")
     store.publish(
@@ -333,13 +318,7 @@ def test_failed_load_keeps_old_version(tmp_path: Path) -> None:
 
 
 def test_alias_change_reaches_every_replica(model_root: Path, redis_url: str, tmp_path: Path) -> None:
-    store = ModelStore(tmp_path / "root", shipped=None)
-    publish_test_detector(store, tmp_path)
-    publish_tiny_classifier(store, tmp_path)
-    store.publish(
-        store.manifest("tiny-emotion@1").model_dump(exclude={"version", "files", "created"}),
-        {"model.onnx": store.get("tiny-emotion@1").model_path},
-    )
+    publish_test_models(tmp_path, classifier_versions=2)
     env = base_env(tmp_path / "root", EMOSERVE_REDIS_URL=redis_url, EMOSERVE_ADMIN_KEYS='["admin"]')
     with run_server(env, tmp_path) as a, run_server(env, tmp_path) as b:
         with a.client(headers={"X-API-Key": "admin"}) as c:
@@ -412,7 +391,7 @@ def test_real_photo_with_yunet(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "root", shipped=None)
     publish_yunet(store, yunet)
     publish_tiny_classifier(store, tmp_path)
-    env = {"EMOSERVE_MODEL_ROOT": str(tmp_path / "root"), "EMOSERVE_CLASSIFIER": CLASSIFIER}
+    env = {"EMOSERVE_MODEL_ROOT": str(tmp_path / "root"), "EMOSERVE_CLASSIFIER": TEST_CLASSIFIER_REF}
     with run_server(env, tmp_path) as s, s.client() as c:
         r = c.post("/v1/analyze", files={"image": ("12_angry_men.jpg", photo.read_bytes(), "image/jpeg")})
     assert r.status_code == 200
@@ -471,9 +450,7 @@ def test_metrics_add_up_across_workers(model_root: Path, tmp_path: Path) -> None
 
 def test_overload_is_refused_fast_with_retry_after(tmp_path: Path) -> None:
     """With 2 analyses allowed in flight, a burst of 24 gets some 503s with Retry-After, none lost."""
-    store = ModelStore(tmp_path / "root", shipped=None)
-    publish_test_detector(store, tmp_path)
-    publish_tiny_classifier(store, tmp_path)
+    publish_test_models(tmp_path)
     env = base_env(tmp_path / "root", EMOSERVE_MAX_INFLIGHT="2", EMOSERVE_CACHE_TTL_S="0")
     big = jpeg(None, (1600, 1200))  # slow enough to decode that requests overlap
     with run_server(env, tmp_path) as s:

@@ -15,10 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
-from model_store import ModelStore
 from tests.api_server import Server, run_server
 from tests.conftest import SHARED
-from tests.helpers.tiny_models import publish_test_detector, publish_tiny_classifier
+from tests.helpers.tiny_models import publish_test_models, tiny_models_env
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
@@ -57,15 +56,7 @@ def source_frames(n: int = 60) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    work = tmp_path_factory.mktemp("browser-models")
-    store = ModelStore(work / "root", shipped=None)
-    publish_test_detector(store, work)
-    publish_tiny_classifier(store, work)
-    env = {
-        "EMOSERVE_MODEL_ROOT": str(work / "root"),
-        "EMOSERVE_DETECTOR": "center-det@production",
-        "EMOSERVE_CLASSIFIER": "tiny-emotion@production",
-    }
+    env = tiny_models_env(publish_test_models(tmp_path_factory.mktemp("browser-models")))
     with run_server(env, tmp_path_factory.mktemp("browser-logs")) as s:
         yield s
 

@@ -12,9 +12,8 @@ import pytest
 from emoserve_client import AnalysisResult, AsyncClient, Client, EmoserveAPIError, StreamClosed, StreamResult
 from emoserve_client.models import StreamError
 
-from model_store import ModelStore
 from tests.api_server import Server, run_server
-from tests.helpers.tiny_models import publish_test_detector, publish_tiny_classifier
+from tests.helpers.tiny_models import publish_test_models, tiny_models_env
 
 
 def image(seed: int = 0) -> np.ndarray:
@@ -24,16 +23,8 @@ def image(seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    work = tmp_path_factory.mktemp("client-models")
-    store = ModelStore(work / "root", shipped=None)
-    publish_test_detector(store, work)
-    publish_tiny_classifier(store, work)
-    env = {
-        "EMOSERVE_MODEL_ROOT": str(work / "root"),
-        "EMOSERVE_DETECTOR": "center-det@production",
-        "EMOSERVE_CLASSIFIER": "tiny-emotion@production",
-        "EMOSERVE_WS_MAX_FRAME_BYTES": "100000",
-    }
+    root = publish_test_models(tmp_path_factory.mktemp("client-models"))
+    env = tiny_models_env(root, EMOSERVE_WS_MAX_FRAME_BYTES="100000")
     with run_server(env, tmp_path_factory.mktemp("client-logs")) as s:
         yield s
 
@@ -55,11 +46,13 @@ def test_sync_client(server: Server, tmp_path: Path) -> None:
             c.analyze(b"not an image")
         assert info.value.status == 400 and info.value.code == "invalid_image"
         errors: list[StreamError] = []
-        frames = [image(i) for i in range(6)] + [b"bad frame"] + [image(9)]
+        # The bad frame goes last: the newest frame is never dropped, so its error always comes back
+        # (an earlier bad frame may legitimately be superseded by the next one on a busy machine).
+        frames = [image(i) for i in range(7)] + [b"bad frame"]
         results = list(c.stream(frames, fps=20, smoothing=0.5, on_error=errors.append))
     assert results and all(isinstance(r, StreamResult) for r in results)
-    assert results[-1].frame_id == 7 and {f.track_id for r in results for f in r.faces} == {1}
-    assert [e.frame_id for e in errors] == [6]
+    assert results[-1].frame_id == 6 and {f.track_id for r in results for f in r.faces} == {1}
+    assert [e.frame_id for e in errors] == [7] and errors[0].code == "invalid_image"
     assert len(results) + sum(r.dropped_since_last for r in results) + len(errors) == 8
 
 

@@ -13,6 +13,8 @@ from tests.conftest import shared_path
 from tests.helpers.tiny_models import publish_yunet
 
 DEFAULT = get_settings().classifier  # the service's default classifier reference
+# the default is one of the first two; the third is the real-time variant of the first
+SHIPPED = ["emotion-ferplus8@production", "emotion-fer7@production", "emotion-ferplus8-fast@production"]
 
 
 def test_shipped_models_verify(tmp_path: Path) -> None:
@@ -33,15 +35,22 @@ def test_shipped_models_verify(tmp_path: Path) -> None:
     assert (resolved.path / "MODEL_CARD.md").is_file()
 
 
-def test_shipped_model_reproduces_its_validation_accuracy(tmp_path: Path) -> None:
+def test_both_shipped_classifiers_are_there() -> None:
+    assert DEFAULT in SHIPPED
+    store = ModelStore(Path("/nonexistent-root"))
+    assert {ref: len(store.manifest(ref).labels or []) for ref in SHIPPED} == dict(zip(SHIPPED, [8, 7, 8], strict=True))
+
+
+@pytest.mark.parametrize("ref", SHIPPED)
+def test_shipped_model_reproduces_its_validation_accuracy(tmp_path: Path, ref: str) -> None:
     pytest.importorskip("torch", reason="evaluation lives in the training extra")
     from training.evaluate import evaluate_store_model
 
     store = ModelStore(tmp_path / "root")
-    m = store.manifest(DEFAULT)
+    m = store.manifest(ref)
     dataset, claimed = next((k, v["accuracy"]) for k, v in m.metrics.items() if k.endswith("_val"))
     data = shared_path("data", dataset.removesuffix("_val"))
-    result = evaluate_store_model(DEFAULT, data, "val", store_root=tmp_path / "root")
+    result = evaluate_store_model(ref, data, "val", store_root=tmp_path / "root")
     assert result["n"] == m.metrics[dataset]["n"]
     assert result["accuracy"] == pytest.approx(claimed, abs=0.002)
 

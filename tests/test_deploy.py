@@ -345,18 +345,10 @@ def live_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ser
     """/metrics of a real server on the test models, after analyze traffic (and a WebSocket frame
     when /v1/stream and its metrics exist)."""
     pytest.importorskip("onnx", reason="the test models are built with onnx (the `train` extra)")
-    from model_store import ModelStore
-    from tests.helpers.tiny_models import publish_test_detector, publish_tiny_classifier
+    from tests.helpers.tiny_models import publish_test_models, tiny_models_env
 
     work = tmp_path_factory.mktemp("deploy-models")
-    store = ModelStore(work / "root", shipped=None)
-    publish_test_detector(store, work)
-    publish_tiny_classifier(store, work)
-    env = {
-        "EMOSERVE_MODEL_ROOT": str(work / "root"),
-        "EMOSERVE_DETECTOR": "center-det@production",
-        "EMOSERVE_CLASSIFIER": "tiny-emotion@production",
-    }
+    env = tiny_models_env(publish_test_models(work))
     redis_url = os.environ.get("EMOSERVE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
     try:
         import redis

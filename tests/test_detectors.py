@@ -19,6 +19,7 @@ from service.errors import UnknownFamily
 from service.pipeline.detectors import FaceDetector, create_detector
 from service.pipeline.detectors.blazeface import ssd_anchors, to_five_points
 from service.pipeline.detectors.nms import letterbox, nms, weighted_nms
+from service.runtime.sessions import free_spatial_dims
 from tests.conftest import shared_path
 
 pytestmark = pytest.mark.shared
@@ -84,8 +85,9 @@ GROUP_EXPECT: dict[str, dict[str, int]] = {
 }
 
 
-def session_factory(path: Path) -> Any:
-    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def session_factory(path: Path, *, free_spatial: bool = False) -> Any:
+    source = free_spatial_dims(path) if free_spatial else str(path)
+    return onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
 
 
 def photo(name: str) -> np.ndarray:
@@ -262,3 +264,35 @@ def test_letterbox_mapping() -> None:
     img = np.zeros((100, 200, 3), np.uint8)
     canvas, scale, pad = letterbox(img, (128, 128), center=True)
     assert canvas.shape == (128, 128, 3) and scale == pytest.approx(0.64) and pad == (0, 32)
+
+
+def test_yunet_onnxruntime_matches_opencv(det_store: ModelStore) -> None:
+    """Our decoding of YuNet in onnxruntime finds the same faces as cv2.FaceDetectorYN; > 640 px goes to OpenCV."""
+    from service.pipeline.detectors.yunet import YuNetDetector
+
+    if "yunet-2023mar" not in det_store.names():
+        pull(det_store, "yunet-2023mar", mirror=shared_path("models"), progress=False)
+    model = det_store.get("yunet-2023mar@production")
+    ours, opencv = YuNetDetector(model, session_factory), YuNetDetector(model)
+    assert ours.session is not None and opencv.session is None
+    for name in ("12_angry_men.jpg", "multiface.jpg", "test_image.jpg", "s_l.jpg"):
+        img = photo(name)
+        a, b = ours.detect(img), opencv.detect(img)
+        assert len(a) == len(b) >= 2, name
+        for fa in a:
+            best = max(b, key=lambda fb: _iou(fa.box, fb.box))
+            assert _iou(fa.box, best.box) > 0.9 and abs(fa.score - best.score) < 0.02, name
+            # the canvases differ (640x640 vs a multiple of 32), so the network sees different padding
+            assert fa.landmarks is not None and best.landmarks is not None
+            assert np.abs(fa.landmarks - best.landmarks).max() < 0.08 * (fa.box[2] - fa.box[0]), name
+    # beyond the 640x640 the graph declares: onnxruntime runs it at the larger size too
+    img = photo("test_image.jpg")
+    big, big_cv = YuNetDetector(model, session_factory, max_side=1024), YuNetDetector(model, max_side=1024)
+    assert len(big.detect(img)) == len(big_cv.detect(img)) >= 6
+
+
+def _iou(a: Any, b: Any) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))

@@ -165,6 +165,10 @@ def test_explain_cli(tmp_path: Path) -> None:
         _app(), ["explain", str(image), "-c", str(tmp_path / "sd.pt"), "-m", "cnn", "--num-classes", "7"]
     )
     assert res.exit_code != 0 and "size mismatch" in repr(res.exception)  # width differs from the default
-    # a store reference cannot be explained (ONNX has no gradients)
-    res = runner.invoke(_app(), ["explain", str(image), "--model", "emotion@prod"])
-    assert res.exit_code == 2 and "checkpoint" in res.output
+    # a store reference goes to the store (see tests/test_export.py for one that exists)
+    res = runner.invoke(
+        _app(), ["explain", str(image), "--model", "emotion@prod"], env={"EMOSERVE_MODEL_ROOT": str(tmp_path)}
+    )
+    assert res.exit_code == 2 and "no model named 'emotion'" in " ".join(res.output.split())
+    res = runner.invoke(_app(), ["explain", str(image)])
+    assert res.exit_code == 2 and "--checkpoint" in res.output

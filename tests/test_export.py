@@ -141,3 +141,64 @@ def test_publish_shipped_layout(trained: tuple[Path, Path], tmp_path: Path) -> N
     assert sorted(p.name for p in (shipped / "emotion-ship").iterdir()) == ["1", "aliases.json"]
     store = ModelStore(tmp_path / "root", shipped=shipped)
     assert store.get("emotion-ship@production").layer == "shipped" and m.version == 1
+
+
+def test_init_from_published_onnx(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """Fine-tuning from a BN-folded ONNX artifact: the torch model reproduces it, in eval and in train mode."""
+    from training.data import load_dataset
+    from training.loop import Runtime, to_tensor
+    from training.models import create_model
+    from training.onnx_init import OnnxInitError
+    from training.train import init_model, norm_of
+
+    run, data = trained
+    m = E.publish_run(run, data, "emotion-src", tmp_path / "store", shipped=None, log=lambda s: None)
+    onnx_path = tmp_path / "store" / "emotion-src" / str(m.version) / "model.onnx"
+    assert not [n for n in onnx.load(str(onnx_path)).graph.node if n.op_type == "BatchNormalization"]
+    train = load_dataset(data, "train", "folder")
+    val = load_dataset(data, "val", "folder")
+    model = create_model("resnet18s", train.num_classes, 1, width=8, stem_stride=2)
+    logs: list[str] = []
+    assert init_model(model, str(onnx_path), train, logs.append) == []
+    assert "max |torch - onnx|" in logs[-1]
+    x = to_tensor(val.images, *norm_of(model), Runtime(torch.device("cpu"), None, False))
+    with torch.no_grad():
+        eval_logits = model.eval()(x)
+        train_logits = model.train()(x)  # batch statistics instead of the re-estimated running ones
+    acc = float((eval_logits.argmax(1).numpy() == val.targets).mean())
+    assert acc == pytest.approx(m.metrics[next(iter(m.metrics))]["accuracy"], abs=0.05)
+    assert float((train_logits.argmax(1) == eval_logits.argmax(1)).float().mean()) > 0.9
+
+    wider = create_model("resnet18s", train.num_classes, 1, width=16, stem_stride=2)
+    with pytest.raises(OnnxInitError, match="conv 0"):
+        init_model(wider, str(onnx_path), train, logs.append)
+
+
+def test_explain_store_model(trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`emoserve explain IMAGE --model NAME@ALIAS` rebuilds the torch model from the artifact; others are refused."""
+    import cv2
+    import typer
+    from typer.testing import CliRunner
+
+    from tests.helpers.tiny_models import classifier_draft, tiny_classifier_onnx
+    from training import compare, explain
+
+    run, data = trained
+    root = tmp_path / "store"
+    E.publish_run(run, data, "emotion-src", root, shipped=None, log=lambda s: None)
+    store = ModelStore(root, shipped=None)
+    store.publish(classifier_draft("tiny-emotion"), {"model.onnx": tiny_classifier_onnx(tmp_path / "t.onnx")})
+    monkeypatch.setenv("EMOSERVE_MODEL_ROOT", str(root))
+    app = typer.Typer()
+    explain.register(app)
+    compare.register(app)  # two commands, so the command name is part of the arguments
+    image = next((data / "val" / "happy").glob("*.png"))
+    res = CliRunner().invoke(app, ["explain", str(image), "--model", "emotion-src@production", "--out",
+                                   str(tmp_path / "out"), "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["target"] == "happy" and out["probabilities"]["happy"] > 0.5  # the trained model, not a fresh one
+    cam = cv2.imread(out["gradcam"])
+    assert cam is not None and cam.shape == (224, 224, 3)
+    res = CliRunner().invoke(app, ["explain", str(image), "--model", "tiny-emotion@1"])
+    assert res.exit_code != 0 and "no training config" in res.output

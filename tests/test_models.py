@@ -180,12 +180,13 @@ def test_compare_table(tmp_path: Path) -> None:
 
     rows = run_comparison(
         ["cnn", "vit_tiny"], ["none", "balanced"], tmp_path / "data", tmp_path / "cmp", 2,
-        model_kwargs={"vit_tiny": {"depth": 1}}, train_fn=fake_train, log=lambda _m: None,
+        model_kwargs={"vit_tiny": {"depth": 1, "pretrained": True}}, train_fn=fake_train, log=lambda _m: None,
     )  # fmt: skip
     assert [(c["model"], c["augment"], c["epochs"]) for c in seen] == [
         ("cnn", "none", 2), ("cnn", "balanced", 2), ("vit_tiny", "none", 2), ("vit_tiny", "balanced", 2)
     ]  # fmt: skip
-    assert seen[2]["model_kwargs"] == {"depth": 1}
+    assert seen[2]["model_kwargs"] == {"depth": 1} and seen[2]["pretrained"] is True and not seen[0]["pretrained"]
+    assert rows[2].model == "vit_tiny (ImageNet init)" and rows[2].run_dir.endswith("vit_tiny-imagenet-none")
     assert rows[0].params == sum(p.numel() for p in create_model("cnn", 7, 1).parameters())
     with (tmp_path / "cmp" / "comparison.csv").open() as f:
         table = list(csv.DictReader(f))

@@ -18,10 +18,8 @@ from websockets.exceptions import ConnectionClosed
 
 from model_store import ModelStore
 from tests.api_server import Server, run_server
-from tests.helpers.tiny_models import publish_test_detector, publish_tiny_classifier
+from tests.helpers.tiny_models import publish_test_models, publish_tiny_classifier, tiny_models_env
 
-DETECTOR = "center-det@production"
-CLASSIFIER = "tiny-emotion@production"
 RESULT_KEYS = {"type", "frame_id", "ts", "latency_ms", "faces", "dropped_since_last"}
 FACE_KEYS = {"track_id", "box", "score", "landmarks", "emotion"}
 EMOTION_KEYS = {"label", "confidence", "scores", "smoothed_scores"}
@@ -37,21 +35,11 @@ def frame(seed: int = 0, size: tuple[int, int] = (320, 240), brightness: int = 1
 
 @pytest.fixture(scope="module")
 def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("stream-models")
-    store = ModelStore(work / "root", shipped=None)
-    publish_test_detector(store, work)
-    publish_tiny_classifier(store, work)
-    return work / "root"
+    return publish_test_models(tmp_path_factory.mktemp("stream-models"))
 
 
 def env(root: Path, **extra: str) -> dict[str, str]:
-    return {
-        "EMOSERVE_MODEL_ROOT": str(root),
-        "EMOSERVE_DETECTOR": DETECTOR,
-        "EMOSERVE_CLASSIFIER": CLASSIFIER,
-        "EMOSERVE_WS_MAX_FRAME_BYTES": "200000",
-        **extra,
-    }
+    return tiny_models_env(root, EMOSERVE_WS_MAX_FRAME_BYTES="200000", **extra)
 
 
 @pytest.fixture(scope="module")

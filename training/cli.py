@@ -47,13 +47,14 @@ def train_command(
     if publish and shipped:
         from training.export import publish_shipped
 
-        publish_shipped(run_dir, data, name or cfg.name, alias=alias, int8=int8, log=typer.echo)
+        publish_shipped(run_dir, data, name or cfg.name, alias=alias, int8=int8, log=typer.echo,
+                        description=cfg.description)  # fmt: skip
     elif publish:
         from service.settings import get_settings
         from training.export import publish_run
 
         publish_run(run_dir, data, name or cfg.name, get_settings().model_root, alias=alias, int8=int8,
-                    log=typer.echo)  # fmt: skip
+                    log=typer.echo, description=cfg.description)  # fmt: skip
 
 
 def evaluate_command(

@@ -84,17 +84,21 @@ def run_comparison(
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in models:
         kwargs = dict((model_kwargs or {}).get(name, {}))
+        # `pretrained` may be given per model (ImageNet weights exist for a few backbones only)
+        pretrained = bool(kwargs.pop("pretrained", (base_config or {}).get("pretrained", False)))
+        label = f"{name} (ImageNet init)" if pretrained else name
         for aug in augments:
-            run_dir = out_dir / f"{name}-{aug}"
-            config = {**(base_config or {}), "model": name, "model_kwargs": kwargs, "epochs": epochs, "augment": aug}
-            log(f"[compare] {name} augment={aug} -> {run_dir}")
+            run_dir = out_dir / f"{name}{'-imagenet' if pretrained else ''}-{aug}"
+            config = {**(base_config or {}), "model": name, "model_kwargs": kwargs, "epochs": epochs, "augment": aug,
+                      "pretrained": pretrained}  # fmt: skip
+            log(f"[compare] {label} augment={aug} -> {run_dir}")
             t0 = time.perf_counter()
             metrics = train(config, data_dir, run_dir)
             wall = time.perf_counter() - t0
             params = int(metrics.get("params") or count_params(name, num_classes, kwargs))
             acc, f1 = _first(metrics, ACC_KEYS), _first(metrics, F1_KEYS)
             took = float(metrics.get("train_time_s") or wall)
-            rows.append(Row(name, params, aug, acc, f1, took, str(run_dir)))
+            rows.append(Row(label, params, aug, acc, f1, took, str(run_dir)))
             write_tables(rows, out_dir)  # keep partial results if a later run fails
     return rows
 

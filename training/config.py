@@ -14,6 +14,7 @@ class TrainConfig:
     """Everything that defines a training run. Unknown keys in a YAML file are an error."""
 
     name: str = "run"
+    description: str = ""  # one line for the manifest and the model card
     model: str = "resnet18s"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False

@@ -230,7 +230,9 @@ def explain_command(
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="Registry architecture for a bare state_dict, or a checkpoint path."),
+        typer.Option(
+            "--model", "-m", help="NAME@ALIAS from the model store, a registry architecture for a bare state_dict."
+        ),
     ] = None,
     num_classes: Annotated[int | None, typer.Option(help="Classes, when the checkpoint does not say.")] = None,
     target: Annotated[str | None, typer.Option(help="Class index or name to explain (default: predicted).")] = None,
@@ -239,21 +241,29 @@ def explain_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("explain"),
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Grad-CAM overlay (and optionally a feature-map grid) of a torch checkpoint on one face image."""
+    """Grad-CAM overlay (and optionally a feature-map grid) of a store model or torch checkpoint on one face."""
     import cv2
     import torch
 
     if model and checkpoint is None and (model.endswith((".pt", ".pth")) or Path(model).is_file()):
         checkpoint, model = Path(model), None
-    if checkpoint is None:
-        hint = " (store models are ONNX and have no gradients)" if model and "@" in model else ""
-        raise typer.BadParameter(f"explain needs the torch checkpoint: --checkpoint runs/<run>/best.pt{hint}")
-    if not checkpoint.is_file():
-        raise typer.BadParameter(f"checkpoint {checkpoint} not found")
     img = cv2.imread(str(image), cv2.IMREAD_COLOR)
     if img is None:
         raise typer.BadParameter(f"cannot read image {image}")
-    net, classes = load_checkpoint_model(checkpoint, model, num_classes)
+    if checkpoint is None and model and "@" in model:
+        from model_store import ModelStoreError
+        from training.onnx_init import OnnxInitError, torch_model_from_store
+
+        try:  # a store model: the torch graph is rebuilt from its manifest and ONNX weights
+            net, classes = torch_model_from_store(model)
+        except (ModelStoreError, OnnxInitError) as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    else:
+        if checkpoint is None:
+            raise typer.BadParameter("explain needs --model NAME@ALIAS (a store model) or --checkpoint FILE.pt")
+        if not checkpoint.is_file():
+            raise typer.BadParameter(f"checkpoint {checkpoint} not found")
+        net, classes = load_checkpoint_model(checkpoint, model, num_classes)
     cfg: dict[str, Any] = getattr(net, "default_cfg")  # noqa: B009
     x, face = preprocess(img, cfg)
     cls = None

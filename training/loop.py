@@ -101,8 +101,13 @@ def train_epoch(
     num_classes = max(num_classes, _out_features(model))
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
     tot_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(list(batches(len(images), cfg.batch_size, rng, rt)), desc=desc, leave=False, disable=not rt.main,
-               mininterval=0.5 if sys.stderr.isatty() else 60)
+    bar = tqdm(
+        list(batches(len(images), cfg.batch_size, rng, rt)),
+        desc=desc,
+        leave=False,
+        disable=not rt.main,
+        mininterval=0.5 if sys.stderr.isatty() else 60,
+    )
     for idx in bar:
         if len(idx) < 2:
             continue  # BatchNorm needs 2+ samples

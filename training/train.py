@@ -80,8 +80,11 @@ def init_from_checkpoint(model: nn.Module, path: Path, classes: list[str]) -> li
         w = src.get(key)
         if w is not None and w.shape == dst.shape and src_classes == classes:
             state[key] = w
-        elif w is not None and w.ndim >= 1 and w.shape[1:] == dst.shape[1:] and (w.shape[0], dst.shape[0]) == (
-            len(src_classes), len(classes)
+        elif (
+            w is not None
+            and w.ndim >= 1
+            and w.shape[1:] == dst.shape[1:]
+            and (w.shape[0], dst.shape[0]) == (len(src_classes), len(classes))
         ):  # a class-indexed tensor: map rows by label, keep the fresh init of new classes
             for i, c in enumerate(classes):
                 if c in src_classes:
@@ -92,6 +95,32 @@ def init_from_checkpoint(model: nn.Module, path: Path, classes: list[str]) -> li
         else:
             missing.append(key)
     model.load_state_dict(state)
+    return missing
+
+
+def init_model(model: nn.Module, source: str, train: FaceDataset, log: Any = print) -> list[str]:
+    """Initialise `model` from a `.pt` checkpoint, an `.onnx` file with its manifest beside it, or `NAME@ALIAS`.
+
+    ONNX sources (BatchNorm folded) go through `training.onnx_init`, which re-estimates BatchNorm statistics
+    on up to 4,096 training images and checks that the torch model then reproduces the ONNX logits.
+    """
+    if source.endswith(".pt"):
+        return init_from_checkpoint(model, Path(source), train.labels)
+    from training.onnx_init import OnnxInitError, check_reproduces, init_from_onnx, resolve_source
+
+    manifest, onnx_path = resolve_source(source)
+    spec = manifest.input
+    mean, std = norm_of(model)
+    if not (np.isclose(spec.scale * 255, 1) and np.allclose(spec.mean, mean) and np.allclose(spec.std, std)):
+        raise OnnxInitError(f"{source}: its input normalisation {spec.mean}/{spec.std} differs from the model's")
+    rng = np.random.default_rng(0)
+    sample = train.images[np.sort(rng.choice(len(train), min(4096, len(train)), replace=False))]
+    calib = to_tensor(sample, mean, std, Runtime(torch.device("cpu"), None, False))
+    labels = list(manifest.labels or [])
+    missing = init_from_onnx(model, onnx_path, labels, train.labels, calib)
+    cols = [(i, labels.index(c)) for i, c in enumerate(train.labels) if c in labels]
+    diff = check_reproduces(model, onnx_path, manifest, calib[:64], cols)
+    log(f"[train] {onnx_path.name}: {len(cols)} classes mapped, max |torch - onnx| {diff:.1e}")
     return missing
 
 
@@ -167,7 +196,7 @@ def train_run(
     ck_cfg = _checkpoint_config(cfg, train)
     model = create_model(cfg.model, train.num_classes, ck_cfg["in_chans"], cfg.pretrained, **cfg.model_kwargs)
     if cfg.init_from:
-        missing = init_from_checkpoint(model, Path(cfg.init_from), train.labels)
+        missing = init_model(model, cfg.init_from, train, log)
         log(f"[train] initialised from {cfg.init_from}" + (f"; not found: {missing}" if missing else ""))
     if cfg.pca:
         x = to_tensor(train.images[:10000], *norm_of(model), Runtime(torch.device("cpu"), None, False)).numpy()

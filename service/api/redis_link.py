@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -56,7 +56,3 @@ class RedisLink:
 
     async def close(self) -> None:
         await self.client.aclose()
-
-
-async def ping(link: RedisLink) -> Any:
-    return await link.run("ping", lambda c: c.ping())

@@ -97,6 +97,28 @@ def _spatial(shape: list[Any], axis: int, size: tuple[int, int] | None) -> int:
     return size[0] if axis == w_axis else size[1]
 
 
+def free_spatial_dims(path: Path) -> bytes:
+    """The ONNX graph with its first input's height and width symbolic and output shapes undeclared.
+
+    For fully convolutional graphs exported at one fixed size (YuNet 2023mar declares 1x3x640x640 while its
+    reshapes use -1 and its resizes use scales): onnxruntime then runs them at any size. The file on disk,
+    and so its verified sha256, is untouched; the edit happens in memory.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise ValueError(f"{path}: free_spatial needs a 4-d image input, got {len(dims)} dims")
+    for i, label in ((2, "height"), (3, "width")):
+        dims[i].ClearField("dim_value")
+        dims[i].dim_param = label
+    for output in model.graph.output:
+        output.type.tensor_type.ClearField("shape")
+    del model.graph.value_info[:]
+    return bytes(model.SerializeToString())
+
+
 class ModelSession:
     """An InferenceSession look-alike (same `run` signature) with bounded concurrency and an async `arun`."""
 
@@ -163,32 +185,44 @@ class SessionPool:
         size = model.manifest.input.size
         return self._get(model.model_path, model.manifest.name, model.manifest.version, size)
 
-    def session_factory(self, path: Path) -> ModelSession:
-        """`SessionFactory` for detectors: a model file (name/version read from the manifest beside it)."""
+    def session_factory(self, path: Path, *, free_spatial: bool = False) -> ModelSession:
+        """`SessionFactory` for detectors: a model file (name/version read from the manifest beside it).
+
+        `free_spatial`: load the graph with its input's height and width made symbolic (see `free_spatial_dims`).
+        """
         path = Path(path)
         manifest_file = path.parent / MANIFEST_FILE
         if manifest_file.is_file():
             manifest = Manifest.from_file(manifest_file)
-            return self._get(path, manifest.name, manifest.version, manifest.input.size)
-        return self._get(path, path.stem, 0, None)
+            return self._get(path, manifest.name, manifest.version, manifest.input.size, free_spatial)
+        return self._get(path, path.stem, 0, None, free_spatial)
 
-    def _get(self, path: Path, name: str, version: int, size: tuple[int, int] | None) -> ModelSession:
+    def _get(
+        self, path: Path, name: str, version: int, size: tuple[int, int] | None, free_spatial: bool = False
+    ) -> ModelSession:
         providers = self.providers()
         device = "gpu" if providers[0] in GPU_PROVIDERS else "cpu"
-        key = (name, version, device)
+        key = (name, version, device + ("/free-hw" if free_spatial else ""))
         with self._lock:
             if key not in self._sessions:
-                self._sessions[key] = self._create(path, name, version, providers, size)
+                self._sessions[key] = self._create(path, name, version, providers, size, free_spatial)
             return self._sessions[key]
 
     def _create(
-        self, path: Path, name: str, version: int, providers: list[str], size: tuple[int, int] | None
+        self,
+        path: Path,
+        name: str,
+        version: int,
+        providers: list[str],
+        size: tuple[int, int] | None,
+        free_spatial: bool = False,
     ) -> ModelSession:
         import onnxruntime as ort
 
         try:
+            source: str | bytes = free_spatial_dims(path) if free_spatial else str(path)
             raw = ort.InferenceSession(
-                str(path), sess_options=session_options(self.settings, self.threads), providers=providers
+                source, sess_options=session_options(self.settings, self.threads), providers=providers
             )
         except Exception as exc:
             raise ModelLoadFailed(f"{name}@{version}: onnxruntime cannot load {path}: {exc}") from exc

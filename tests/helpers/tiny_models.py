@@ -243,8 +243,10 @@ def publish_test_detector(store: ModelStore, workdir: Path, name: str = "center-
     return store.get(f"{name}@production")
 
 
-def publish_yunet(store: ModelStore, onnx_path: Path, name: str = "yunet-2023mar") -> ResolvedModel:
-    """Publish the real YuNet file (from ../shared) with the catalog's manifest fields."""
+def publish_yunet(
+    store: ModelStore, onnx_path: Path, name: str = "yunet-2023mar", *, runtime: str | None = None
+) -> ResolvedModel:
+    """Publish the real YuNet file (from ../shared) with the catalog's manifest fields (`runtime`: opencv...)."""
     import yaml
 
     catalog = yaml.safe_load((Path(__file__).resolve().parents[2] / "model_store" / "catalog.yaml").read_text())
@@ -256,5 +258,37 @@ def publish_yunet(store: ModelStore, onnx_path: Path, name: str = "yunet-2023mar
         "licence": entry["licence"],
         **entry["manifest"],
     }
+    if runtime:
+        decoding = dict(draft["decoding"])
+        draft["decoding"] = {**decoding, "params": {**decoding.get("params", {}), "runtime": runtime}}
     store.publish(draft, {"model.onnx": onnx_path}, alias="production")
     return store.get(f"{name}@production")
+
+
+# -- a whole store of test models, and the settings that serve it ---------------------------------
+TEST_DETECTOR_REF = "center-det@production"
+TEST_CLASSIFIER_REF = "tiny-emotion@production"
+
+
+def publish_test_models(work: Path, *, classifier_versions: int = 1) -> Path:
+    """A store at `work/root` with the test detector and the tiny classifier (production = v1).
+
+    Versions after the first are copies of v1 (for promotion and reload tests). Returns the root.
+    """
+    store = ModelStore(work / "root", shipped=None)
+    publish_test_detector(store, work)
+    publish_tiny_classifier(store, work)
+    for _ in range(classifier_versions - 1):
+        draft = store.manifest("tiny-emotion@1").model_dump(exclude={"version", "files", "created"})
+        store.publish(draft, {"model.onnx": store.get("tiny-emotion@1").model_path})
+    return work / "root"
+
+
+def tiny_models_env(root: Path, **extra: str) -> dict[str, str]:
+    """`EMOSERVE_*` settings that serve the store of `publish_test_models`."""
+    return {
+        "EMOSERVE_MODEL_ROOT": str(root),
+        "EMOSERVE_DETECTOR": TEST_DETECTOR_REF,
+        "EMOSERVE_CLASSIFIER": TEST_CLASSIFIER_REF,
+        **extra,
+    }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -14,7 +13,9 @@ from model_store import ResolvedModel
 from service.errors import UnknownFamily
 
 # Builds an onnxruntime.InferenceSession for a model file (the runtime's session pool supplies it).
-SessionFactory = Callable[[Path], Any]
+# factory(model_path) -> session; detectors of fully convolutional graphs may call
+# factory(model_path, free_spatial=True) for a session that accepts any input height and width.
+SessionFactory = Callable[..., Any]
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,19 @@ def to_tensor(image_bgr: np.ndarray, spec: InputSpec) -> np.ndarray:
         img = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)[:, :, None]
     else:
         img = image_bgr
-    x = img.astype(np.float32) * np.float32(spec.scale)
-    x = np.asarray((x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32), np.float32)
-    x = x[None]
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if spec.layout == "NCHW" else x)
+    h, w, c = img.shape
+    # one converting copy into the output layout, then the affine map in place (skipped when it is identity)
+    x = np.empty((1, c, h, w) if spec.layout == "NCHW" else (1, h, w, c), np.float32)
+    x[0] = img.transpose(2, 0, 1) if spec.layout == "NCHW" else img
+    gain = np.float32(spec.scale) / np.asarray(spec.std, np.float32)
+    bias = -np.asarray(spec.mean, np.float32) / np.asarray(spec.std, np.float32)
+    if spec.layout == "NCHW":
+        gain, bias = gain.reshape(-1, 1, 1), bias.reshape(-1, 1, 1)
+    if not np.all(gain == 1):
+        x *= gain
+    if np.any(bias != 0):
+        x += bias
+    return x
 
 
 def unmap(det: Detections, scale: float, pad: tuple[float, float] = (0.0, 0.0)) -> Detections:

@@ -1,0 +1,221 @@
+"""Start a training run from a published ONNX classifier (fine-tuning without its torch checkpoint).
+
+    init_from_onnx(model, onnx_path, src_labels, classes, calib) -> list[str]
+
+The exporter folds every BatchNorm into the convolution before it, so the ONNX file holds one
+weight and one bias per convolution. Convolutions are matched to the torch model's in execution
+order (shapes must agree). Each folded pair is loaded as conv weight = folded weight and BatchNorm =
+"plus the folded bias"; then one pass over `calib` images records every BatchNorm's input mean and
+variance, which become its running statistics, with gamma = sqrt(var + eps) and beta = mean + bias.
+The model's eval output is unchanged by that step (it still equals the ONNX graph), while in training
+mode each BatchNorm again sees inputs whose batch statistics match its running ones.
+The final Linear (the classifier head) is loaded with its rows mapped by label name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+if TYPE_CHECKING:
+    from model_store import Manifest
+
+
+class OnnxInitError(ValueError):
+    """The ONNX graph does not fit the torch model."""
+
+
+def onnx_params(path: Path) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], tuple[np.ndarray, np.ndarray]]:
+    """(conv (weight, bias) pairs in first-execution order, (head weight, head bias)) of an ONNX graph."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    init = {t.name: numpy_helper.to_array(t).copy() for t in graph.initializer}
+    for node in graph.node:  # Identity nodes alias initialisers (shared weights of the flip-TTA branch)
+        if node.op_type == "Identity" and node.input[0] in init:
+            init[node.output[0]] = init[node.input[0]]
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].t.dims:
+            init[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    convs: list[tuple[np.ndarray, np.ndarray | None]] = []
+    seen: set[int] = set()
+    head: tuple[np.ndarray, np.ndarray] | None = None
+    for node in graph.node:
+        if node.op_type == "Conv":
+            w = init[node.input[1]]
+            if id(w) in seen:
+                continue
+            seen.add(id(w))
+            convs.append((w, init[node.input[2]] if len(node.input) > 2 and node.input[2] else None))
+        elif node.op_type in ("Gemm", "MatMul") and head is None:
+            w = init[node.input[1]]
+            b = init[node.input[2]] if len(node.input) > 2 else np.zeros(w.shape[0], np.float32)
+            trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
+            head = (w if trans_b else w.T, b)
+    if head is None:
+        raise OnnxInitError(f"{path}: no Gemm/MatMul head found")
+    return convs, head
+
+
+def execution_order(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[nn.Conv2d, nn.BatchNorm2d | None]]:
+    """The model's convolutions in the order a forward pass runs them, each with the BatchNorm fed by its output."""
+    calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out: calls.append((mod, inp[0], out)))
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.BatchNorm2d)
+    ]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, *in_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    order: list[tuple[nn.Conv2d, nn.BatchNorm2d | None]] = []
+    for i, (mod, _, out) in enumerate(calls):
+        if isinstance(mod, nn.Conv2d) and all(mod is not c for c, _ in order):
+            bn = next((m for m, x, _ in calls[i + 1 :] if isinstance(m, nn.BatchNorm2d) and x is out), None)
+            order.append((mod, bn))
+    return order
+
+
+def init_from_onnx(
+    model: nn.Module, path: Path, src_labels: list[str], classes: list[str], calib: torch.Tensor
+) -> list[str]:
+    """Load a BN-folded ONNX classifier into `model` (see the module docstring); returns the classes left fresh.
+
+    `calib`: normalised training images [N, C, H, W] for the BatchNorm statistics.
+    """
+    convs, (head_w, head_b) = onnx_params(path)
+    order = execution_order(model, tuple(calib.shape[1:]))
+    if len(order) != len(convs):
+        raise OnnxInitError(f"{path.name} has {len(convs)} convolutions, the model {len(order)}")
+    for i, ((conv, _), (w, _)) in enumerate(zip(order, convs, strict=True)):
+        if tuple(conv.weight.shape) != w.shape:
+            raise OnnxInitError(f"conv {i}: ONNX {w.shape} vs model {tuple(conv.weight.shape)}")
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears or tuple(linears[-1].weight.shape[1:]) != head_w.shape[1:]:
+        raise OnnxInitError(f"{path.name}: head {head_w.shape} does not fit the model's last Linear")
+    with torch.no_grad():
+        for i, ((conv, bn), (w, b)) in enumerate(zip(order, convs, strict=True)):
+            conv.weight.copy_(torch.from_numpy(w))
+            bias = torch.from_numpy(b) if b is not None else torch.zeros(w.shape[0])
+            if bn is None:
+                if conv.bias is None:
+                    raise OnnxInitError(f"conv {i} has a bias in ONNX but neither bias nor BatchNorm in the model")
+                conv.bias.copy_(bias)
+                continue
+            if conv.bias is not None:
+                conv.bias.zero_()
+            bn.weight.fill_(1.0)
+            bn.bias.copy_(bias)
+            bn.running_mean.zero_()  # type: ignore[union-attr]
+            bn.running_var.fill_(1.0 - bn.eps)  # type: ignore[union-attr]
+        fc = linears[-1]
+        missing = []
+        for i, c in enumerate(classes):
+            if c in src_labels:
+                fc.weight[i] = torch.from_numpy(head_w[src_labels.index(c)])
+                fc.bias[i] = float(head_b[src_labels.index(c)])
+            else:
+                missing.append(c)
+        _calibrate_batchnorm(model, [bn for _, bn in order if bn is not None], calib)
+    return missing
+
+
+def _calibrate_batchnorm(model: nn.Module, bns: list[nn.BatchNorm2d], calib: torch.Tensor) -> None:
+    """Set each BatchNorm's running stats to its input statistics on `calib`, keeping its eval output."""
+    sums: dict[nn.Module, list[torch.Tensor]] = {bn: [] for bn in bns}
+
+    def record(mod: nn.Module, inp: tuple[torch.Tensor, ...], _: torch.Tensor) -> None:
+        x = inp[0].double()
+        sums[mod].append(
+            torch.stack(
+                [x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), torch.full_like(x[0, :, 0, 0], x.numel() / x.shape[1])]
+            )
+        )
+
+    hooks = [bn.register_forward_hook(record) for bn in bns]
+    try:
+        with torch.no_grad():
+            model.eval()
+            for start in range(0, len(calib), 256):
+                model(calib[start : start + 256])
+    finally:
+        for h in hooks:
+            h.remove()
+    with torch.no_grad():
+        for bn in bns:
+            s, s2, n = torch.stack(sums[bn]).sum(0)
+            mean = s / n
+            var = (s2 / n - mean * mean).clamp_min(1e-6)
+            bn.running_mean.copy_(mean)  # type: ignore[union-attr]
+            bn.running_var.copy_(var)  # type: ignore[union-attr]
+            bn.bias.add_(mean.float())
+            bn.weight.copy_(torch.sqrt(var + bn.eps).float())
+
+
+def resolve_source(source: str, store_root: Path | None = None) -> tuple[Manifest, Path]:
+    """(manifest, ONNX path) of `NAME@ALIAS` in the model store, or of an `.onnx` file with its manifest beside it."""
+    from model_store import Manifest, ModelStore
+
+    if source.endswith(".onnx"):
+        path = Path(source)
+        return Manifest.from_file(path.parent / "manifest.json"), path
+    if store_root is None:
+        from service.settings import get_settings
+
+        store_root = get_settings().model_root
+    resolved = ModelStore(store_root).get(source)
+    return resolved.manifest, resolved.model_path
+
+
+def check_reproduces(
+    model: nn.Module, onnx_path: Path, manifest: Manifest, x: torch.Tensor, cols: list[tuple[int, int]] | None = None
+) -> float:
+    """Max |torch - onnxruntime| on `x` (torch mirror-averaged when the graph does flip TTA, as its manifest says).
+
+    `cols` pairs (torch column, ONNX column) to compare when the label sets differ. Raises `OnnxInitError` above 1e-3.
+    """
+    from training.export import FlipTTA, ort_run
+
+    run = manifest.provenance.training
+    net = FlipTTA(model) if run and run.config.get("flip_tta") else model
+    with torch.no_grad():
+        ours = net.eval()(x).numpy()
+    ref = ort_run(onnx_path, x.numpy())
+    if cols is not None:
+        ours, ref = ours[:, [i for i, _ in cols]], ref[:, [j for _, j in cols]]
+    diff = float(np.abs(ours - ref).max())
+    if not diff <= 1e-3:  # NaN fails too
+        raise OnnxInitError(f"{onnx_path}: the torch model differs from the ONNX graph by {diff:.2e}")
+    return diff
+
+
+def torch_model_from_store(ref: str, store_root: Path | None = None) -> tuple[nn.Module, list[str]]:
+    """Rebuild the torch model of a store artifact our training job produced (for Grad-CAM, fine-tuning).
+
+    The architecture comes from the manifest's training config; weights from the ONNX file (BatchNorm
+    statistics re-estimated on random inputs, which leaves eval outputs exact), then `check_reproduces`.
+    Returns (eval model, labels).
+    """
+    from training.models import create_model
+
+    manifest, onnx_path = resolve_source(ref, store_root)
+    run = manifest.provenance.training
+    if run is None or "model" not in run.config:
+        raise OnnxInitError(f"{ref} has no training config in its manifest (not made by `emoserve train`)")
+    if run.config.get("pca"):
+        raise OnnxInitError(f"{ref} has a PCA front end; rebuild it from its checkpoint instead")
+    labels = list(manifest.labels or [])
+    in_chans = len(manifest.input.mean)
+    model = create_model(str(run.config["model"]), len(labels), in_chans, False, **run.config.get("model_kwargs", {}))
+    size = tuple(model.default_cfg["input_size"])  # type: ignore[index]
+    x = torch.randn(16, *size, generator=torch.Generator().manual_seed(0))
+    init_from_onnx(model, onnx_path, labels, labels, x)
+    check_reproduces(model, onnx_path, manifest, x)
+    return model.eval(), labels
