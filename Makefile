@@ -37,6 +37,7 @@ reliability: setup
 
 bench: setup
 	$(BIN)/python bench/bench_pipeline.py
+	$(BIN)/python bench/bench_classifiers.py
 	$(BIN)/python bench/bench_http.py
 	$(BIN)/python bench/bench_stream.py
 

@@ -125,6 +125,67 @@ def test_short_run_beats_chance_and_resumes(tmp_path: Path) -> None:
     assert loaded.model == "resnet18s" and ck["config"]["classes"][:2] == ["angry", "disgust"]
 
 
+def test_weight_ema_averages_weights_and_statistics() -> None:
+    from training.loop import WeightEMA
+
+    lin, bn = torch.nn.Linear(2, 1, bias=False), torch.nn.BatchNorm1d(1)
+    model = torch.nn.Sequential(lin, bn)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    ema = WeightEMA(model, decay=0.9)
+    with torch.no_grad():
+        lin.weight.fill_(3.0)
+        bn.running_mean.fill_(2.0)
+        bn.num_batches_tracked.fill_(5)
+    ema.update(model)  # first update: decay ramps to 2/11, so the average moves 9/11 of the way
+    assert torch.allclose(ema.module[0].weight, torch.full((1, 2), 1 + 2 * 9 / 11))
+    assert torch.allclose(ema.module[1].running_mean, torch.tensor([2 * 9 / 11]))
+    assert int(ema.module[1].num_batches_tracked) == 5 and not ema.module[0].weight.requires_grad
+    for _ in range(200):
+        ema.update(model)
+    assert torch.allclose(ema.module[0].weight, lin.weight, atol=1e-6)
+    with pytest.raises(ValueError, match="ema"):
+        tiny_config(ema=1.0).validate()
+
+
+def test_ema_run_validates_the_average_and_resumes_it(tmp_path: Path) -> None:
+    from training.train import train_run
+
+    data = synthetic_faces(tmp_path / "data", per_class=150)
+    out = tmp_path / "run"
+    train_run(tiny_config(epochs=1, ema=0.9), data, out, log=lambda s: None)
+    first = torch.load(out / "last.pt", weights_only=False)
+    steps = first["ema"]["updates"]
+    assert steps == 19  # 600 images / batch 32: one update per optimiser step
+    m = train_run(tiny_config(epochs=2, ema=0.9), data, out, resume=True, log=lambda s: None)
+    last = torch.load(out / "last.pt", weights_only=False)
+    assert last["ema"]["updates"] == 2 * steps  # the average was restored, not restarted
+    assert m["val_accuracy"] >= 0.6, m
+    best = torch.load(out / "best.pt", weights_only=True)["model"]
+    raw, avg = last["model"], last["ema"]["module"]
+    key = next(k for k in raw if k.endswith("weight") and raw[k].ndim == 4)
+    assert not torch.equal(raw[key], avg[key])  # the average is not the raw weights
+    if m["best_epoch"] == 2:
+        assert torch.equal(best[key], avg[key])  # what was validated and kept is the average
+
+
+def test_images_are_resized_to_the_models_input_size(tmp_path: Path) -> None:
+    from training.data import load_dataset
+    from training.train import load_checkpoint, train_run
+
+    data = synthetic_faces(tmp_path / "data", per_class=8, val_per_class=4)
+    val = load_dataset(data, "val")
+    big = val.resized(64, 64)
+    assert big.images.shape == (len(val), 64, 64) and big.fingerprint == val.fingerprint
+    assert np.array_equal(big.targets, val.targets) and val.resized(48, 48) is val
+    lines: list[str] = []
+    cfg = tiny_config(epochs=1, model="mobilenetv2", model_kwargs={"width_mult": 0.25, "input_size": 64})
+    train_run(cfg, data, tmp_path / "run", log=lines.append)
+    assert any("48x48 resized to the model's 64x64" in line for line in lines), lines
+    model, _, _ = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert model.default_cfg["input_size"] == (1, 64, 64)
+
+
 def test_balanced_plateau_sgd_pca_run(tmp_path: Path) -> None:
     from training.train import load_checkpoint, train_run
 

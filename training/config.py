@@ -37,6 +37,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     mixup: float = 0.0  # mixup alpha (0 = off)
     patience: int = 0  # early stopping on val accuracy (0 = off)
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off); validated and exported
     # augmentation
     augment: str = "standard"  # none | standard | balanced
     rotation: float = 12.0
@@ -82,6 +83,8 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs, batch_size and lr must be positive")
 

@@ -161,8 +161,9 @@ def preprocess_for(manifest: Any, images: np.ndarray) -> np.ndarray:
             img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
         if spec.color == "BGR":
             img = img[:, :, ::-1]
-        if img.shape[:2] != (h, w):
-            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        if img.shape[:2] != (h, w):  # as training resized (FaceDataset.resized)
+            interp = cv2.INTER_AREA if img.shape[0] > h else cv2.INTER_LINEAR
+            img = cv2.resize(img, (w, h), interpolation=interp)
         out.append(img)
     x = np.stack(out).astype(np.float32) * spec.scale
     if x.ndim == 3:

@@ -165,7 +165,7 @@ def publish_run(
     from training.data import load_dataset
     from training.evaluate import classification_report, fit_temperature, format_report
     from training.loop import Runtime, to_tensor
-    from training.train import load_checkpoint
+    from training.train import fit_to_model, load_checkpoint
 
     model, cfg, ck = load_checkpoint(run_dir / "best.pt")
     conf = ck["config"]
@@ -173,6 +173,7 @@ def publish_run(
     default_cfg = dict(model.default_cfg)  # type: ignore[arg-type]
     data = Path(data_dir or cfg.data or "")
     val = load_dataset(data, "val", cfg.format, **cfg.data_kwargs)
+    (val,) = fit_to_model(model, val, log=log)
     rt = Runtime(torch.device("cpu"), None, False)
     x_val = to_tensor(val.images, default_cfg["mean"], default_cfg["std"], rt).numpy()
     with tempfile.TemporaryDirectory() as tmp:

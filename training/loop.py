@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import sys
 from collections.abc import Iterator
@@ -59,6 +60,37 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     if dtype is torch.float16 and not cuda:
         dtype = torch.bfloat16  # fp16 autocast is a CUDA feature
     return Runtime(device, dtype, cfg.channels_last, rank, world)
+
+
+class WeightEMA:
+    """An exponential moving average of a model's weights and BatchNorm statistics, kept on the side.
+
+    The decay ramps up as (1 + n) / (10 + n) over the first updates so that the average does not start
+    dominated by the initial weights; `module` is what gets validated and exported when it is enabled.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay, self.updates = decay, 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, cur in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
+            if avg.dtype.is_floating_point:
+                avg.lerp_(cur.detach(), 1.0 - d)
+            else:
+                avg.copy_(cur)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
 
 
 def to_tensor(images: np.ndarray, mean: list[float], std: list[float], rt: Runtime) -> torch.Tensor:

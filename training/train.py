@@ -23,7 +23,7 @@ from training.config import TrainConfig
 from training.data import FaceDataset, load_dataset
 from training.data.augment import balanced_indices
 from training.data.pca import PCAProjection, fit_pca
-from training.loop import Runtime, predict_logits, setup_runtime, to_tensor, train_epoch
+from training.loop import Runtime, WeightEMA, predict_logits, setup_runtime, to_tensor, train_epoch
 from training.models import create_model
 
 
@@ -124,6 +124,15 @@ def init_model(model: nn.Module, source: str, train: FaceDataset, log: Any = pri
     return missing
 
 
+def fit_to_model(model: nn.Module, *splits: FaceDataset, log: Any = print) -> tuple[FaceDataset, ...]:
+    """Resize the splits' images to the model's declared input size (what the exported manifest will say)."""
+    _, h, w = model.default_cfg["input_size"]  # type: ignore[index]
+    if splits[0].images.shape[1:3] == (h, w):
+        return splits
+    log(f"[train] images {splits[0].images.shape[1]}x{splits[0].images.shape[2]} resized to the model's {h}x{w}")
+    return tuple(s.resized(h, w) for s in splits)
+
+
 def load_splits(cfg: TrainConfig, data_dir: Path) -> tuple[FaceDataset, FaceDataset]:
     train = load_dataset(data_dir, "train", cfg.format, **cfg.data_kwargs)
     val = load_dataset(data_dir, "val", cfg.format, **cfg.data_kwargs)
@@ -195,6 +204,7 @@ def train_run(
         f"({time.time() - t0:.1f}s to load)")  # fmt: skip
     ck_cfg = _checkpoint_config(cfg, train)
     model = create_model(cfg.model, train.num_classes, ck_cfg["in_chans"], cfg.pretrained, **cfg.model_kwargs)
+    train, val = fit_to_model(model, train, val, log=log)
     if cfg.init_from:
         missing = init_model(model, cfg.init_from, train, log)
         log(f"[train] initialised from {cfg.init_from}" + (f"; not found: {missing}" if missing else ""))
@@ -215,11 +225,14 @@ def train_run(
     if rt.world > 1:
         ids = [rt.device.index] if rt.device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    ema = WeightEMA(model, cfg.ema) if cfg.ema > 0 else None
     rng = np.random.default_rng(cfg.seed)
     start, best, history, elapsed = 0, -1.0, [], 0.0
     if resume and (out / "last.pt").exists():
         ck = torch.load(out / "last.pt", map_location=rt.device, weights_only=False)
         model.load_state_dict(ck["model"])
+        if ema is not None and ck.get("ema") is not None:
+            ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         rng.bit_generator.state = ck["rng"]
@@ -231,10 +244,11 @@ def train_run(
     for epoch in range(start, cfg.epochs):
         te = time.time()
         idx = balanced_indices(train.targets, rng) if cfg.augment == "balanced" else np.arange(len(train))
-        step = sched.step if cfg.schedule != "plateau" else None
+        step = _step_fn(sched if cfg.schedule != "plateau" else None, ema, model)
         loss, acc = train_epoch(net, train.images[idx], targets[idx], opt, cfg, rt, rng, norm, step,
                                 desc=f"epoch {epoch + 1}/{cfg.epochs}")  # fmt: skip
-        logits = predict_logits(model, val.images, norm, rt, cfg.eval_batch_size)
+        evaluated = ema.module if ema is not None else model  # the weights that get validated and exported
+        logits = predict_logits(evaluated, val.images, norm, rt, cfg.eval_batch_size)
         val_acc = float((logits.argmax(1) == val.targets).mean())
         if cfg.schedule == "plateau":
             sched.step(val_acc)
@@ -250,10 +264,12 @@ def train_run(
         if rt.main:
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             if improved:
-                torch.save({"model": state, "config": ck_cfg, "epoch": epoch + 1, "val_accuracy": val_acc},
+                best_state = {k: v.detach().cpu() for k, v in evaluated.state_dict().items()}
+                torch.save({"model": best_state, "config": ck_cfg, "epoch": epoch + 1, "val_accuracy": val_acc},
                            out / "best.pt")  # fmt: skip
             torch.save({"model": state, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "epoch": epoch + 1,
+                        "ema": ema.state_dict() if ema is not None else None,
                         "best": best, "history": history, "elapsed": elapsed, "config": ck_cfg},
                        out / "last.pt.tmp")  # fmt: skip
             (out / "last.pt.tmp").replace(out / "last.pt")
@@ -267,6 +283,19 @@ def train_run(
             log(f"[train] time budget {cfg.time_budget_s:.0f}s reached; resume with --resume")
             break
     return finish_run(out, val, rt, n_params, elapsed, log)
+
+
+def _step_fn(sched: Any, ema: WeightEMA | None, model: nn.Module) -> Any:
+    """What runs after each optimiser step: the per-batch schedule and the weight average, when enabled."""
+    if ema is None:
+        return sched.step if sched is not None else None
+
+    def step() -> None:
+        if sched is not None:
+            sched.step()
+        ema.update(model)
+
+    return step
 
 
 def finish_run(

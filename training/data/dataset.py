@@ -62,6 +62,14 @@ class FaceDataset:
             None if self.soft is None else self.soft[idx],
         )  # fmt: skip
 
+    def resized(self, height: int, width: int) -> FaceDataset:
+        """The same split with every image resized to height x width (fingerprint of the original kept)."""
+        if self.images.shape[1:3] == (height, width):
+            return self
+        interp = cv2.INTER_AREA if self.images.shape[1] > height else cv2.INTER_LINEAR
+        images = np.stack([cv2.resize(img, (width, height), interpolation=interp) for img in self.images])
+        return FaceDataset(images, self.targets, list(self.labels), self.split, self.name, self.soft, self.fingerprint)
+
 
 def decode(path: str, size: int | None, gray: bool = True) -> np.ndarray:
     """Read one image as uint8 gray (H x W) or RGB (H x W x 3), resized to size x size when given."""
