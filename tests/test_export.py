@@ -202,3 +202,65 @@ def test_explain_store_model(trained: tuple[Path, Path], tmp_path: Path, monkeyp
     assert cam is not None and cam.shape == (224, 224, 3)
     res = CliRunner().invoke(app, ["explain", str(image), "--model", "tiny-emotion@1"])
     assert res.exit_code != 0 and "no training config" in res.output
+
+
+def test_publish_ensemble_rebuild_and_explain(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`emoserve export RUN RUN`: one ONNX graph whose logits are the mean of the members'; it can be rebuilt
+    in torch (Grad-CAM sums the members' maps) and runs that cannot be averaged are refused."""
+    import typer
+    from typer.testing import CliRunner
+
+    import training.cli as cli
+    from training.explain import gradcam_logits
+    from training.models.ensemble import LogitMean
+    from training.onnx_init import torch_model_from_store
+    from training.train import load_checkpoint, train_run
+
+    run, data = trained
+    second = tmp_path / "seed1"
+    train_run(tiny_config(epochs=1, flip_tta=True, seed=1), data, second, log=lambda s: None)
+    root = tmp_path / "store"
+    monkeypatch.setenv("EMOSERVE_MODEL_ROOT", str(root))
+    app = typer.Typer()
+    cli.register(app)
+    res = CliRunner().invoke(app, ["export", str(run), str(second), "--data", str(data), "--name", "emotion-ens"])
+    assert res.exit_code == 0, res.output
+    resolved = ModelStore(root, shipped=None).get("emotion-ens@production")
+    m = resolved.manifest
+    assert m.family == "ensemble-2x-resnet18s" and m.input.size == (48, 48)
+    assert m.provenance.training is not None
+    assert [c["seed"] for c in m.provenance.training.config["ensemble"]] == [0, 1]
+    assert "the mean of the logits of 2 runs" in (resolved.path / "MODEL_CARD.md").read_text()
+
+    x = np.random.default_rng(1).normal(size=(8, 1, 48, 48)).astype(np.float32)
+    with torch.no_grad():
+        members = [E.FlipTTA(load_checkpoint(d / "best.pt")[0]) for d in (run, second)]
+        expected = sum(net(torch.from_numpy(x)).numpy() for net in members) / 2
+        single = members[0](torch.from_numpy(x)).numpy()
+    got = E.ort_run(resolved.model_path, x)
+    assert np.abs(got - expected).max() < 1e-4 and np.abs(got - single).max() > 1e-3
+
+    net, labels = torch_model_from_store("emotion-ens@production", root)
+    assert isinstance(net, LogitMean) and labels == m.labels
+    with torch.no_grad():
+        assert np.abs(E.FlipTTA(net)(torch.from_numpy(x)).numpy() - got).max() < 1e-3
+    heat, logits = gradcam_logits(net, torch.from_numpy(x[:1]))
+    assert heat.shape == (48, 48) and float(heat.max()) == pytest.approx(1.0) and logits.shape == (1, 7)
+
+    from training.data import load_dataset
+    from training.models import create_model
+    from training.onnx_init import OnnxInitError
+    from training.train import init_model
+
+    with pytest.raises(OnnxInitError, match="ensemble of 2"):
+        init_model(create_model("resnet18s", 7, 1, width=8, stem_stride=2), str(resolved.model_path),
+                   load_dataset(data, "train", "folder"))  # fmt: skip
+
+    no_flip = tmp_path / "noflip"
+    train_run(tiny_config(epochs=1, flip_tta=False), data, no_flip, log=lambda s: None)
+    res = CliRunner().invoke(app, ["export", str(run), str(no_flip), "--data", str(data)], env={"COLUMNS": "200"})
+    assert res.exit_code != 0 and "flip TTA differ" in res.output
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "nothing")], env={"COLUMNS": "200"})
+    assert res.exit_code != 0 and "no best.pt" in res.output

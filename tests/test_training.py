@@ -205,7 +205,7 @@ def test_cli_import_is_light_and_registers() -> None:
     code = ("import sys, typer, training.cli as c; app = typer.Typer(); c.register(app); "
             "print(sorted(x.name for x in app.registered_commands)); print('torch' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
-    assert "'evaluate'" in out[0] and "'train'" in out[0]
+    assert "'evaluate'" in out[0] and "'train'" in out[0] and "'export'" in out[0]
     assert out[1] == "False"
 
 

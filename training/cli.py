@@ -1,4 +1,4 @@
-"""`emoserve train` and `emoserve evaluate` (plus the model zoo's `compare` and `explain` when present).
+"""`emoserve train`, `export` and `evaluate` (plus the model zoo's `compare` and `explain` when present).
 
 Nothing heavy is imported at module import time: torch and the training code load inside the commands.
 """
@@ -57,6 +57,38 @@ def train_command(
                     log=typer.echo, description=cfg.description)  # fmt: skip
 
 
+def export_command(
+    runs: Annotated[list[Path], typer.Argument(help="Run folder(s) with best.pt; several make an ensemble.")],
+    data: Annotated[Path | None, typer.Option("--data", help="Dataset folder (else the run's config).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Model name (default: the run's config name).")] = None,
+    alias: Annotated[str, typer.Option("--alias", help="Alias to set.")] = "production",
+    int8: Annotated[bool, typer.Option("--int8", help="Also publish an int8 QDQ model if accurate enough.")] = False,
+    shipped: Annotated[
+        bool, typer.Option("--shipped", help="Publish into the package's shipped layer (maintainers).")
+    ] = False,
+    description: Annotated[str | None, typer.Option("--description", help="Manifest description.")] = None,
+) -> None:
+    """Export trained run(s) to ONNX and publish them; several runs are published as one ensemble (mean logits)."""
+    from training.export import publish_run, publish_shipped
+    from training.models.ensemble import EnsembleError
+    from training.train import load_checkpoint
+
+    for run in runs:
+        if not (run / "best.pt").is_file():
+            raise typer.BadParameter(f"{run} has no best.pt (not a finished training run)")
+    _, cfg, _ = load_checkpoint(runs[0] / "best.pt")
+    kw: dict[str, Any] = {"int8": int8, "log": typer.echo, "description": description or cfg.description}
+    try:
+        if shipped:
+            publish_shipped(runs, data, name or cfg.name, alias=alias, **kw)
+        else:
+            from service.settings import get_settings
+
+            publish_run(runs, data, name or cfg.name, get_settings().model_root, alias=alias, **kw)
+    except EnsembleError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
 def evaluate_command(
     model: Annotated[str, typer.Option("--model", help="NAME@ALIAS or NAME@VERSION from the model store.")],
     data: Annotated[Path, typer.Option("--data", help="Dataset folder or csv.", exists=True)],
@@ -85,9 +117,10 @@ def evaluate_command(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `train` and `evaluate`, then the commands of EXTRA_COMMAND_MODULES that exist."""
+    """Add `train`, `export` and `evaluate`, then the commands of EXTRA_COMMAND_MODULES that exist."""
     app.command("train")(train_command)
     app.command("evaluate")(evaluate_command)
+    app.command("export")(export_command)
     for mod in EXTRA_COMMAND_MODULES:
         try:
             module = importlib.import_module(mod)

@@ -39,6 +39,14 @@ def find_layer(model: nn.Module, layer: str | None = None) -> nn.Module:
     return convs[-1]
 
 
+def find_layers(model: nn.Module, layer: str | None = None) -> list[tuple[nn.Module, nn.Module]]:
+    """(network, layer) pairs to hook: one per member of an ensemble (each its own layer) unless `layer` is given."""
+    from training.models.ensemble import members_of
+
+    nets = members_of(model) if layer is None else [model]
+    return [(net, find_layer(net, layer)) for net in nets]
+
+
 @contextlib.contextmanager
 def _no_inplace(model: nn.Module) -> Iterator[None]:
     """Turn off in-place activations so that hooked tensors are not overwritten."""
@@ -74,17 +82,20 @@ def gradcam_logits(
     import torch.nn.functional as F
 
     x = _as_batch(image)[:1]
-    module = find_layer(model, layer)
-    store: dict[str, torch.Tensor] = {}
+    pairs = find_layers(model, layer)
+    stores: list[dict[str, torch.Tensor]] = [{} for _ in pairs]
 
-    def fwd_hook(_m: nn.Module, _inp: Any, out: Any) -> None:
-        t = out[0] if isinstance(out, tuple) else out
-        store["act"] = t
-        t.register_hook(lambda g: store.__setitem__("grad", g))
+    def hook(store: dict[str, torch.Tensor]) -> Any:
+        def fwd_hook(_m: nn.Module, _inp: Any, out: Any) -> None:
+            t = out[0] if isinstance(out, tuple) else out
+            store["act"] = t
+            t.register_hook(lambda g: store.__setitem__("grad", g))
+
+        return fwd_hook
 
     was_training = model.training
     model.eval()
-    handle = module.register_forward_hook(fwd_hook)
+    handles = [module.register_forward_hook(hook(store)) for (_, module), store in zip(pairs, stores, strict=True)]
     try:
         with _no_inplace(model), torch.enable_grad():
             logits = model(x)
@@ -92,15 +103,18 @@ def gradcam_logits(
             model.zero_grad(set_to_none=True)
             logits[0, cls].backward()
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-    if "grad" not in store:
-        raise RuntimeError("the Grad-CAM layer received no gradient; is it on the path to the output?")
-    act, grad = _to_map(model, store["act"].detach()), _to_map(model, store["grad"].detach())
-    weights = grad.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((weights * act).sum(1, keepdim=True))
-    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    cam = torch.zeros(x.shape[-2:])
+    for (net, _), store in zip(pairs, stores, strict=True):  # an ensemble's map is the sum of its members'
+        if "grad" not in store:
+            raise RuntimeError("the Grad-CAM layer received no gradient; is it on the path to the output?")
+        act, grad = _to_map(net, store["act"].detach()), _to_map(net, store["grad"].detach())
+        weights = grad.mean(dim=(2, 3), keepdim=True)
+        part = torch.relu((weights * act).sum(1, keepdim=True))
+        cam += F.interpolate(part, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
     peak = float(cam.max())
     heat = (cam / peak).numpy() if peak > 0 else np.zeros(cam.shape, dtype=np.float32)
     return heat.astype(np.float32), logits.detach()
@@ -128,9 +142,8 @@ def feature_maps(model: nn.Module, image: torch.Tensor, layer: str | None = None
     import torch
 
     store: list[torch.Tensor] = []
-    handle = find_layer(model, layer).register_forward_hook(
-        lambda _m, _i, out: store.append(out[0] if isinstance(out, tuple) else out)
-    )
+    net, module = find_layers(model, layer)[0]  # an ensemble: its first member's layer
+    handle = module.register_forward_hook(lambda _m, _i, out: store.append(out[0] if isinstance(out, tuple) else out))
     was_training = model.training
     model.eval()
     try:
@@ -139,7 +152,7 @@ def feature_maps(model: nn.Module, image: torch.Tensor, layer: str | None = None
     finally:
         handle.remove()
         model.train(was_training)
-    return _to_map(model, store[0])[0].numpy()
+    return _to_map(net, store[0])[0].numpy()
 
 
 def feature_grid(

@@ -15,6 +15,7 @@ import json
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -124,13 +125,15 @@ def manifest_draft(
 def model_card(draft: dict[str, Any], cfg: dict[str, Any], params: int, report_text: str, extra: str = "") -> str:
     """MODEL_CARD.md for a trained classifier."""
     inp = draft["inputs"][0]
+    runs = cfg.get("ensemble_runs")
+    ensemble = f"\n- Ensemble: the mean of the logits of {len(runs)} runs: {', '.join(runs)}" if runs else ""
     metrics = "\n".join(f"- {ds}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items())
                         for ds, m in draft["metrics"].items())  # fmt: skip
     return f"""# {draft["name"]}
 
 {draft["description"]}
 
-- Architecture: `{draft["family"]}` ({params / 1e6:.2f}M parameters), config `{cfg.get("model_kwargs")}`
+- Architecture: `{draft["family"]}` ({params / 1e6:.2f}M parameters), config `{cfg.get("model_kwargs")}`{ensemble}
 - Input: {inp["color"]} {inp["size"][0]}x{inp["size"][1]}, NCHW, x = (pixel/255 - {inp["mean"]}) / {inp["std"]}
 - Output: logits over {", ".join(draft["labels"])}; temperature {draft["temperature"]}
 - Training: dataset `{draft["provenance"]["training"]["dataset"]}` (fingerprint
@@ -156,19 +159,31 @@ low-light faces and on demographics under-represented in FER2013. Not for decisi
 
 
 def publish_run(
-    run_dir: Path, data_dir: Path | None, name: str, store_root: Path, alias: str | None = "production",
+    run_dir: Path | Sequence[Path], data_dir: Path | None, name: str, store_root: Path,
+    alias: str | None = "production",
     shipped: Path | None = None, int8: bool = False, int8_max_drop: float = 0.01, description: str = "",
     licence: str = "research-only (FER2013 images); FER+ labels MIT", log: Any = print,
 ) -> Any:  # fmt: skip
-    """Export `run_dir/best.pt`, check parity, compute validation metrics with onnxruntime and publish."""
+    """Export `run_dir/best.pt`, check parity, compute validation metrics with onnxruntime and publish.
+
+    With several run folders the published model is their ensemble (`LogitMean`, mean of the logits):
+    the runs must share labels, input size and normalisation, and flip TTA.
+    """
     from model_store import ModelStore
     from training.data import load_dataset
     from training.evaluate import classification_report, fit_temperature, format_report
     from training.loop import Runtime, to_tensor
+    from training.models.ensemble import EnsembleError, LogitMean
     from training.train import fit_to_model, load_checkpoint
 
-    model, cfg, ck = load_checkpoint(run_dir / "best.pt")
-    conf = ck["config"]
+    run_dirs = [run_dir] if isinstance(run_dir, Path) else list(run_dir)
+    runs = [load_checkpoint(d / "best.pt") for d in run_dirs]
+    _, cfg, ck = runs[0]
+    conf = dict(ck["config"])
+    for d, (_, c, k) in zip(run_dirs[1:], runs[1:], strict=True):
+        if k["config"]["classes"] != conf["classes"] or c.flip_tta != cfg.flip_tta:
+            raise EnsembleError(f"{d}: its classes or flip TTA differ from {run_dirs[0]}'s")
+    model: nn.Module = LogitMean([m for m, _, _ in runs]) if len(runs) > 1 else runs[0][0]
     net: nn.Module = FlipTTA(model) if cfg.flip_tta else model
     default_cfg = dict(model.default_cfg)  # type: ignore[arg-type]
     data = Path(data_dir or cfg.data or "")
@@ -192,10 +207,15 @@ def publish_run(
         extra = ""
         if int8:
             extra = _int8(onnx_path, val, x_val, rep["accuracy"], int8_max_drop, files, metrics, key, log)
-        history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else []
+        logs = [d / "history.json" for d in run_dirs]
+        history = [h for f in logs if f.exists() for h in json.loads(f.read_text())]
+        config = cfg.to_dict()
+        if len(runs) > 1:
+            config["ensemble"] = [c.to_dict() for _, c, _ in runs]
+            conf["ensemble_runs"] = [f"{d.name} (seed {c.seed})" for d, (_, c, _) in zip(run_dirs, runs, strict=True)]
         provenance = {
             "git_commit": git_commit(), "dataset": f"{val.name} ({data.name})",
-            "dataset_fingerprint": conf.get("dataset_fingerprint"), "config": cfg.to_dict(),
+            "dataset_fingerprint": conf.get("dataset_fingerprint"), "config": config,
             "date": datetime.now(UTC).isoformat(), "duration_s": float(sum(h["time_s"] for h in history)),
         }  # fmt: skip
         draft = manifest_draft(name, conf, default_cfg, val.labels, metrics, round(temp["temperature"], 4),
@@ -223,7 +243,7 @@ def _int8(onnx_path: Path, val: Any, x_val: np.ndarray, float_acc: float, max_dr
     return f"\nAn int8 (static QDQ, per-channel) variant `model.int8.onnx` is included: accuracy {q_acc:.4f}.\n"
 
 
-def publish_shipped(run_dir: Path, data_dir: Path | None, name: str, shipped_root: Path | None = None,
+def publish_shipped(run_dir: Path | Sequence[Path], data_dir: Path | None, name: str, shipped_root: Path | None = None,
                     alias: str = "production", log: Any = print, **kw: Any) -> Any:  # fmt: skip
     """Publish into the read-only layer committed with the package (`model_store/shipped/<name>/<version>/`).
 

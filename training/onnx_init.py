@@ -29,8 +29,11 @@ class OnnxInitError(ValueError):
     """The ONNX graph does not fit the torch model."""
 
 
-def onnx_params(path: Path) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], tuple[np.ndarray, np.ndarray]]:
-    """(conv (weight, bias) pairs in first-execution order, (head weight, head bias)) of an ONNX graph."""
+Dense = tuple[np.ndarray, np.ndarray]  # (weight [out, in], bias [out]) of a Gemm/MatMul
+
+
+def onnx_params(path: Path) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], list[Dense]]:
+    """(conv (weight, bias) pairs, dense (weight, bias) pairs) of an ONNX graph, each in first-execution order."""
     import onnx
     from onnx import numpy_helper
 
@@ -42,39 +45,27 @@ def onnx_params(path: Path) -> tuple[list[tuple[np.ndarray, np.ndarray | None]],
         if node.op_type == "Constant" and node.attribute and node.attribute[0].t.dims:
             init[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     convs: list[tuple[np.ndarray, np.ndarray | None]] = []
+    dense: list[Dense] = []
     seen: set[int] = set()
-    head: tuple[np.ndarray, np.ndarray] | None = None
     for node in graph.node:
+        w = init.get(node.input[1]) if len(node.input) > 1 else None
+        if w is None or id(w) in seen or node.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        seen.add(id(w))
+        bias = init.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if node.op_type == "Conv":
-            w = init[node.input[1]]
-            if id(w) in seen:
-                continue
-            seen.add(id(w))
-            convs.append((w, init[node.input[2]] if len(node.input) > 2 and node.input[2] else None))
-        elif node.op_type in ("Gemm", "MatMul") and head is None:
-            w = init[node.input[1]]
-            b = init[node.input[2]] if len(node.input) > 2 else np.zeros(w.shape[0], np.float32)
+            convs.append((w, bias))
+        else:
             trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
-            head = (w if trans_b else w.T, b)
-    if head is None:
+            dense.append((w if trans_b else w.T, bias if bias is not None else np.zeros(w.shape[0], np.float32)))
+    if not dense:
         raise OnnxInitError(f"{path}: no Gemm/MatMul head found")
-    return convs, head
+    return convs, dense
 
 
 def execution_order(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[nn.Conv2d, nn.BatchNorm2d | None]]:
     """The model's convolutions in the order a forward pass runs them, each with the BatchNorm fed by its output."""
-    calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
-    hooks = [
-        m.register_forward_hook(lambda mod, inp, out: calls.append((mod, inp[0], out)))
-        for m in model.modules()
-        if isinstance(m, nn.Conv2d | nn.BatchNorm2d)
-    ]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(2, *in_shape))
-    finally:
-        for h in hooks:
-            h.remove()
+    calls = _calls(model, in_shape, (nn.Conv2d, nn.BatchNorm2d))
     order: list[tuple[nn.Conv2d, nn.BatchNorm2d | None]] = []
     for i, (mod, _, out) in enumerate(calls):
         if isinstance(mod, nn.Conv2d) and all(mod is not c for c, _ in order):
@@ -83,23 +74,60 @@ def execution_order(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[n
     return order
 
 
+def linear_order(model: nn.Module, in_shape: tuple[int, ...]) -> list[nn.Linear]:
+    """The model's Linear layers in the order a forward pass first runs them."""
+    order: list[nn.Linear] = []
+    for mod, _, _ in _calls(model, in_shape, (nn.Linear,)):
+        if isinstance(mod, nn.Linear) and all(mod is not m for m in order):
+            order.append(mod)
+    return order
+
+
+def _calls(
+    model: nn.Module, in_shape: tuple[int, ...], kinds: tuple[type[nn.Module], ...]
+) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+    """(module, input, output) of every call of a module of `kinds` during one eval forward pass."""
+    calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out: calls.append((mod, inp[0], out)))
+        for m in model.modules()
+        if isinstance(m, kinds)
+    ]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, *in_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
 def init_from_onnx(
     model: nn.Module, path: Path, src_labels: list[str], classes: list[str], calib: torch.Tensor
 ) -> list[str]:
     """Load a BN-folded ONNX classifier into `model` (see the module docstring); returns the classes left fresh.
 
-    `calib`: normalised training images [N, C, H, W] for the BatchNorm statistics.
+    `calib`: normalised training images [N, C, H, W] for the BatchNorm statistics. An ensemble (`LogitMean`)
+    is loaded member by member: its graph runs the members one after the other, each ending in its head.
     """
-    convs, (head_w, head_b) = onnx_params(path)
-    order = execution_order(model, tuple(calib.shape[1:]))
+    from training.models.ensemble import members_of
+
+    convs, dense = onnx_params(path)
+    shape = tuple(calib.shape[1:])
+    order = execution_order(model, shape)
     if len(order) != len(convs):
         raise OnnxInitError(f"{path.name} has {len(convs)} convolutions, the model {len(order)}")
     for i, ((conv, _), (w, _)) in enumerate(zip(order, convs, strict=True)):
         if tuple(conv.weight.shape) != w.shape:
             raise OnnxInitError(f"conv {i}: ONNX {w.shape} vs model {tuple(conv.weight.shape)}")
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears or tuple(linears[-1].weight.shape[1:]) != head_w.shape[1:]:
-        raise OnnxInitError(f"{path.name}: head {head_w.shape} does not fit the model's last Linear")
+    linears = linear_order(model, shape)
+    heads = {id(linear_order(m, shape)[-1]) for m in members_of(model) if linear_order(m, shape)}
+    if len(linears) != len(dense) or not heads:
+        raise OnnxInitError(f"{path.name} has {len(dense)} dense layers, the model {len(linears)}")
+    for i, (fc, (w, _)) in enumerate(zip(linears, dense, strict=True)):
+        rows_ok = id(fc) in heads or fc.weight.shape[0] == w.shape[0]
+        if tuple(fc.weight.shape[1:]) != w.shape[1:] or not rows_ok:
+            raise OnnxInitError(f"{path.name}: dense layer {i} {w.shape} vs model {tuple(fc.weight.shape)}")
     with torch.no_grad():
         for i, ((conv, bn), (w, b)) in enumerate(zip(order, convs, strict=True)):
             conv.weight.copy_(torch.from_numpy(w))
@@ -115,16 +143,21 @@ def init_from_onnx(
             bn.bias.copy_(bias)
             bn.running_mean.zero_()  # type: ignore[union-attr]
             bn.running_var.fill_(1.0 - bn.eps)  # type: ignore[union-attr]
-        fc = linears[-1]
-        missing = []
-        for i, c in enumerate(classes):
-            if c in src_labels:
-                fc.weight[i] = torch.from_numpy(head_w[src_labels.index(c)])
-                fc.bias[i] = float(head_b[src_labels.index(c)])
-            else:
-                missing.append(c)
+        missing: set[str] = set()
+        for fc, (w, b) in zip(linears, dense, strict=True):
+            if id(fc) not in heads:
+                fc.weight.copy_(torch.from_numpy(w))
+                if fc.bias is not None:
+                    fc.bias.copy_(torch.from_numpy(b))
+                continue
+            for i, c in enumerate(classes):  # a classifier head: rows mapped by label name
+                if c in src_labels:
+                    fc.weight[i] = torch.from_numpy(w[src_labels.index(c)])
+                    fc.bias[i] = float(b[src_labels.index(c)])
+                else:
+                    missing.add(c)
         _calibrate_batchnorm(model, [bn for _, bn in order if bn is not None], calib)
-    return missing
+    return [c for c in classes if c in missing]
 
 
 def _calibrate_batchnorm(model: nn.Module, bns: list[nn.BatchNorm2d], calib: torch.Tensor) -> None:
@@ -199,11 +232,13 @@ def check_reproduces(
 def torch_model_from_store(ref: str, store_root: Path | None = None) -> tuple[nn.Module, list[str]]:
     """Rebuild the torch model of a store artifact our training job produced (for Grad-CAM, fine-tuning).
 
-    The architecture comes from the manifest's training config; weights from the ONNX file (BatchNorm
-    statistics re-estimated on random inputs, which leaves eval outputs exact), then `check_reproduces`.
+    The architecture comes from the manifest's training config (one per member for an ensemble); weights
+    from the ONNX file (BatchNorm statistics re-estimated on random inputs, which leaves eval outputs exact),
+    then `check_reproduces`.
     Returns (eval model, labels).
     """
     from training.models import create_model
+    from training.models.ensemble import LogitMean
 
     manifest, onnx_path = resolve_source(ref, store_root)
     run = manifest.provenance.training
@@ -213,7 +248,9 @@ def torch_model_from_store(ref: str, store_root: Path | None = None) -> tuple[nn
         raise OnnxInitError(f"{ref} has a PCA front end; rebuild it from its checkpoint instead")
     labels = list(manifest.labels or [])
     in_chans = len(manifest.input.mean)
-    model = create_model(str(run.config["model"]), len(labels), in_chans, False, **run.config.get("model_kwargs", {}))
+    configs = run.config.get("ensemble") or [run.config]
+    nets = [create_model(str(c["model"]), len(labels), in_chans, False, **c.get("model_kwargs", {})) for c in configs]
+    model = LogitMean(nets) if len(nets) > 1 else nets[0]
     size = tuple(model.default_cfg["input_size"])  # type: ignore[index]
     x = torch.randn(16, *size, generator=torch.Generator().manual_seed(0))
     init_from_onnx(model, onnx_path, labels, labels, x)
