@@ -249,6 +249,19 @@ def test_publish_ensemble_rebuild_and_explain(
     heat, logits = gradcam_logits(net, torch.from_numpy(x[:1]))
     assert heat.shape == (48, 48) and float(heat.max()) == pytest.approx(1.0) and logits.shape == (1, 7)
 
+    # a published model as a member (rebuilt from its ONNX): the same ensemble; an ensemble is no member
+    res = CliRunner().invoke(app, ["export", str(run), "--data", str(data), "--name", "emotion-one"])
+    assert res.exit_code == 0, res.output
+    args = ["export", "emotion-one@1", str(second), "--data", str(data), "--name", "emotion-ens"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    again = ModelStore(root, shipped=None).get("emotion-ens@2")
+    assert np.abs(E.ort_run(again.model_path, x) - got).max() < 1e-4
+    assert again.manifest.provenance.training is not None
+    assert [c["seed"] for c in again.manifest.provenance.training.config["ensemble"]] == [0, 1]
+    res = CliRunner().invoke(app, ["export", "emotion-ens@1", str(second), "--data", str(data)], env={"COLUMNS": "200"})
+    assert res.exit_code != 0 and "itself an ensemble" in res.output
+
     from training.data import load_dataset
     from training.models import create_model
     from training.onnx_init import OnnxInitError

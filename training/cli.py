@@ -58,7 +58,9 @@ def train_command(
 
 
 def export_command(
-    runs: Annotated[list[Path], typer.Argument(help="Run folder(s) with best.pt; several make an ensemble.")],
+    sources: Annotated[
+        list[str], typer.Argument(help="Run folders (with best.pt) or NAME@ALIAS; several make an ensemble.")
+    ],
     data: Annotated[Path | None, typer.Option("--data", help="Dataset folder (else the run's config).")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Model name (default: the run's config name).")] = None,
     alias: Annotated[str, typer.Option("--alias", help="Alias to set.")] = "production",
@@ -68,24 +70,25 @@ def export_command(
     ] = False,
     description: Annotated[str | None, typer.Option("--description", help="Manifest description.")] = None,
 ) -> None:
-    """Export trained run(s) to ONNX and publish them; several runs are published as one ensemble (mean logits)."""
-    from training.export import publish_run, publish_shipped
+    """Export trained runs (or published models) to ONNX and publish; several become one ensemble (mean logits)."""
+    from model_store import ModelStoreError
+    from training.export import load_member, publish_run, publish_shipped
     from training.models.ensemble import EnsembleError
-    from training.train import load_checkpoint
+    from training.onnx_init import OnnxInitError
 
-    for run in runs:
-        if not (run / "best.pt").is_file():
-            raise typer.BadParameter(f"{run} has no best.pt (not a finished training run)")
-    _, cfg, _ = load_checkpoint(runs[0] / "best.pt")
-    kw: dict[str, Any] = {"int8": int8, "log": typer.echo, "description": description or cfg.description}
+    for src in sources:
+        if "@" not in src and not (Path(src) / "best.pt").is_file():
+            raise typer.BadParameter(f"{src} has no best.pt (not a finished training run)")
     try:
+        cfg = load_member(sources[0]).cfg
+        kw: dict[str, Any] = {"int8": int8, "log": typer.echo, "description": description or cfg.description}
         if shipped:
-            publish_shipped(runs, data, name or cfg.name, alias=alias, **kw)
+            publish_shipped(sources, data, name or cfg.name, alias=alias, **kw)
         else:
             from service.settings import get_settings
 
-            publish_run(runs, data, name or cfg.name, get_settings().model_root, alias=alias, **kw)
-    except EnsembleError as exc:
+            publish_run(sources, data, name or cfg.name, get_settings().model_root, alias=alias, **kw)
+    except (EnsembleError, OnnxInitError, ModelStoreError) as exc:
         raise typer.BadParameter(str(exc)) from exc
 
 

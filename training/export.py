@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -158,32 +159,70 @@ low-light faces and on demographics under-represented in FER2013. Not for decisi
 """
 
 
+@dataclass
+class Member:
+    """A trained network to export: its eval model, run config, checkpoint config and training time."""
+
+    source: str
+    model: nn.Module
+    cfg: Any  # training.config.TrainConfig
+    config: dict[str, Any]  # the checkpoint's config: classes, dataset_fingerprint, ...
+    duration_s: float
+
+
+def load_member(source: Path | str) -> Member:
+    """A run folder's `best.pt`, or `NAME@ALIAS` of a model our training job published (rebuilt from its ONNX)."""
+    from training.config import TrainConfig
+    from training.models.ensemble import EnsembleError
+    from training.train import load_checkpoint
+
+    if isinstance(source, str) and "@" in source and not Path(source).is_dir():
+        from training.onnx_init import resolve_source, torch_model_from_store
+
+        manifest, _ = resolve_source(source)
+        run = manifest.provenance.training
+        if run is not None and run.config.get("ensemble"):
+            raise EnsembleError(f"{source} is itself an ensemble; name its members' runs instead")
+        model, labels = torch_model_from_store(source)
+        assert run is not None  # torch_model_from_store refuses models without a training config
+        fields = TrainConfig.__dataclass_fields__
+        cfg = TrainConfig.from_dict({k: v for k, v in run.config.items() if k in fields})
+        config = {**run.config, "classes": labels, "dataset_fingerprint": run.dataset_fingerprint}
+        return Member(source, model, cfg, config, float(run.duration_s or 0.0))
+    run_dir = Path(source)
+    model, cfg, ck = load_checkpoint(run_dir / "best.pt")
+    log = run_dir / "history.json"
+    history = json.loads(log.read_text()) if log.exists() else []
+    return Member(run_dir.name, model, cfg, dict(ck["config"]), float(sum(h["time_s"] for h in history)))
+
+
 def publish_run(
-    run_dir: Path | Sequence[Path], data_dir: Path | None, name: str, store_root: Path,
+    run_dir: Path | str | Sequence[Path | str], data_dir: Path | None, name: str, store_root: Path,
     alias: str | None = "production",
     shipped: Path | None = None, int8: bool = False, int8_max_drop: float = 0.01, description: str = "",
     licence: str = "research-only (FER2013 images); FER+ labels MIT", log: Any = print,
 ) -> Any:  # fmt: skip
     """Export `run_dir/best.pt`, check parity, compute validation metrics with onnxruntime and publish.
 
-    With several run folders the published model is their ensemble (`LogitMean`, mean of the logits):
-    the runs must share labels, input size and normalisation, and flip TTA.
+    `run_dir` may also be `NAME@ALIAS` of a model this job published (see `load_member`). With several
+    sources the published model is their ensemble (`LogitMean`, mean of the logits): they must share
+    labels, input size and normalisation, and flip TTA.
     """
     from model_store import ModelStore
     from training.data import load_dataset
     from training.evaluate import classification_report, fit_temperature, format_report
     from training.loop import Runtime, to_tensor
     from training.models.ensemble import EnsembleError, LogitMean
-    from training.train import fit_to_model, load_checkpoint
+    from training.train import fit_to_model
 
-    run_dirs = [run_dir] if isinstance(run_dir, Path) else list(run_dir)
-    runs = [load_checkpoint(d / "best.pt") for d in run_dirs]
-    _, cfg, ck = runs[0]
-    conf = dict(ck["config"])
-    for d, (_, c, k) in zip(run_dirs[1:], runs[1:], strict=True):
-        if k["config"]["classes"] != conf["classes"] or c.flip_tta != cfg.flip_tta:
-            raise EnsembleError(f"{d}: its classes or flip TTA differ from {run_dirs[0]}'s")
-    model: nn.Module = LogitMean([m for m, _, _ in runs]) if len(runs) > 1 else runs[0][0]
+    sources = [run_dir] if isinstance(run_dir, Path | str) else list(run_dir)
+    members = [load_member(src) for src in sources]
+    first = members[0]
+    cfg, conf = first.cfg, dict(first.config)
+    for m in members[1:]:
+        if m.config["classes"] != conf["classes"] or m.cfg.flip_tta != cfg.flip_tta:
+            raise EnsembleError(f"{m.source}: its classes or flip TTA differ from {first.source}'s")
+    model: nn.Module = LogitMean([m.model for m in members]) if len(members) > 1 else first.model
     net: nn.Module = FlipTTA(model) if cfg.flip_tta else model
     default_cfg = dict(model.default_cfg)  # type: ignore[arg-type]
     data = Path(data_dir or cfg.data or "")
@@ -207,16 +246,14 @@ def publish_run(
         extra = ""
         if int8:
             extra = _int8(onnx_path, val, x_val, rep["accuracy"], int8_max_drop, files, metrics, key, log)
-        logs = [d / "history.json" for d in run_dirs]
-        history = [h for f in logs if f.exists() for h in json.loads(f.read_text())]
         config = cfg.to_dict()
-        if len(runs) > 1:
-            config["ensemble"] = [c.to_dict() for _, c, _ in runs]
-            conf["ensemble_runs"] = [f"{d.name} (seed {c.seed})" for d, (_, c, _) in zip(run_dirs, runs, strict=True)]
+        if len(members) > 1:
+            config["ensemble"] = [m.cfg.to_dict() for m in members]
+            conf["ensemble_runs"] = [f"{m.source} (seed {m.cfg.seed})" for m in members]
         provenance = {
             "git_commit": git_commit(), "dataset": f"{val.name} ({data.name})",
             "dataset_fingerprint": conf.get("dataset_fingerprint"), "config": config,
-            "date": datetime.now(UTC).isoformat(), "duration_s": float(sum(h["time_s"] for h in history)),
+            "date": datetime.now(UTC).isoformat(), "duration_s": sum(m.duration_s for m in members),
         }  # fmt: skip
         draft = manifest_draft(name, conf, default_cfg, val.labels, metrics, round(temp["temperature"], 4),
                                provenance, description, licence)  # fmt: skip
@@ -243,8 +280,9 @@ def _int8(onnx_path: Path, val: Any, x_val: np.ndarray, float_acc: float, max_dr
     return f"\nAn int8 (static QDQ, per-channel) variant `model.int8.onnx` is included: accuracy {q_acc:.4f}.\n"
 
 
-def publish_shipped(run_dir: Path | Sequence[Path], data_dir: Path | None, name: str, shipped_root: Path | None = None,
-                    alias: str = "production", log: Any = print, **kw: Any) -> Any:  # fmt: skip
+def publish_shipped(run_dir: Path | str | Sequence[Path | str], data_dir: Path | None, name: str,
+                    shipped_root: Path | None = None, alias: str = "production", log: Any = print,
+                    **kw: Any) -> Any:  # fmt: skip
     """Publish into the read-only layer committed with the package (`model_store/shipped/<name>/<version>/`).
 
     The alias file is written clean, `{"aliases": {alias: version}, "history": []}`, as shipped models carry
