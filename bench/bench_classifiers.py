@@ -25,7 +25,14 @@ sys.path.insert(0, str(REPO))
 
 from model_store import ModelStore  # noqa: E402
 
-DEFAULT_MODELS = ["emotion-ferplus8@1", "emotion-ferplus8@2", "emotion-ferplus8-fast@1", "emotion-fer7@1"]
+DEFAULT_MODELS = [
+    "emotion-ferplus8@1",
+    "emotion-ferplus8@2",
+    "emotion-ferplus8@3",
+    "emotion-ferplus8-fast@1",
+    "emotion-fer7@1",
+    "emotion-fer7@2",
+]
 
 
 def faces_per_second(model_path: Path, shape: tuple[int, ...], threads: int, iterations: int) -> tuple[float, float]:
