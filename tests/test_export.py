@@ -277,3 +277,25 @@ def test_publish_ensemble_rebuild_and_explain(
     assert res.exit_code != 0 and "flip TTA differ" in res.output
     res = CliRunner().invoke(app, ["export", str(tmp_path / "nothing")], env={"COLUMNS": "200"})
     assert res.exit_code != 0 and "no best.pt" in res.output
+
+
+def test_onnx_init_loads_every_dense_layer(tmp_path: Path) -> None:
+    """The method's MobileNet has dense layers before its head (channel attention, a 256 layer): each is loaded
+    in execution order, the last one by label, and the rebuilt torch model reproduces the graph."""
+    from training.models import create_model
+    from training.onnx_init import init_from_onnx, onnx_params
+
+    labels = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    torch.manual_seed(0)
+    src = create_model("mobilenet_fer", 7, 1, width_mult=0.35, input_size=64)
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        for _ in range(3):
+            src.train()(torch.randn(16, 1, 64, 64))
+    path = E.export_onnx(src.eval(), tmp_path / "m.onnx", (1, 64, 64))
+    _, dense = onnx_params(path)
+    assert [w.shape[0] for w, _ in dense][-1] == 7 and len(dense) == 4
+    dst = create_model("mobilenet_fer", 7, 1, width_mult=0.35, input_size=64)
+    x = torch.randn(32, 1, 64, 64)
+    init_from_onnx(dst, path, labels, labels, x)
+    with torch.no_grad():
+        assert np.abs(dst.eval()(x).numpy() - E.ort_run(path, x.numpy())).max() < 1e-4
