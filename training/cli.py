@@ -72,22 +72,21 @@ def export_command(
 ) -> None:
     """Export trained runs (or published models) to ONNX and publish; several become one ensemble (mean logits)."""
     from model_store import ModelStoreError
-    from training.export import load_member, publish_run, publish_shipped
+    from training.export import publish_run, publish_shipped
     from training.models.ensemble import EnsembleError
     from training.onnx_init import OnnxInitError
 
     for src in sources:
         if "@" not in src and not (Path(src) / "best.pt").is_file():
             raise typer.BadParameter(f"{src} has no best.pt (not a finished training run)")
+    kw: dict[str, Any] = {"int8": int8, "log": typer.echo, "description": description}
     try:
-        cfg = load_member(sources[0]).cfg
-        kw: dict[str, Any] = {"int8": int8, "log": typer.echo, "description": description or cfg.description}
         if shipped:
-            publish_shipped(sources, data, name or cfg.name, alias=alias, **kw)
+            publish_shipped(sources, data, name, alias=alias, **kw)
         else:
             from service.settings import get_settings
 
-            publish_run(sources, data, name or cfg.name, get_settings().model_root, alias=alias, **kw)
+            publish_run(sources, data, name, get_settings().model_root, alias=alias, **kw)
     except (EnsembleError, OnnxInitError, ModelStoreError) as exc:
         raise typer.BadParameter(str(exc)) from exc
 

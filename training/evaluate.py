@@ -151,6 +151,8 @@ def kfold_cv(config: dict[str, Any], data_dir: Path, out_dir: Path, folds: int =
 
 def preprocess_for(manifest: Any, images: np.ndarray) -> np.ndarray:
     """uint8 gray/RGB images -> the model input described by the manifest's InputSpec."""
+    from training.data.dataset import resize_face
+
     spec = manifest.input
     w, h = spec.size or (images.shape[2], images.shape[1])
     out = []
@@ -161,9 +163,8 @@ def preprocess_for(manifest: Any, images: np.ndarray) -> np.ndarray:
             img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
         if spec.color == "BGR":
             img = img[:, :, ::-1]
-        if img.shape[:2] != (h, w):  # as training resized (FaceDataset.resized)
-            interp = cv2.INTER_AREA if img.shape[0] > h else cv2.INTER_LINEAR
-            img = cv2.resize(img, (w, h), interpolation=interp)
+        if img.shape[:2] != (h, w):
+            img = resize_face(img, h, w)
         out.append(img)
     x = np.stack(out).astype(np.float32) * spec.scale
     if x.ndim == 3:

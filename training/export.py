@@ -19,11 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
 
 PARITY_ATOL = 1e-4
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -165,7 +168,7 @@ class Member:
 
     source: str
     model: nn.Module
-    cfg: Any  # training.config.TrainConfig
+    cfg: TrainConfig
     config: dict[str, Any]  # the checkpoint's config: classes, dataset_fingerprint, ...
     duration_s: float
 
@@ -173,17 +176,15 @@ class Member:
 def load_member(source: Path | str) -> Member:
     """A run folder's `best.pt`, or `NAME@ALIAS` of a model our training job published (rebuilt from its ONNX)."""
     from training.config import TrainConfig
-    from training.models.ensemble import EnsembleError
     from training.train import load_checkpoint
 
     if isinstance(source, str) and "@" in source and not Path(source).is_dir():
-        from training.onnx_init import resolve_source, torch_model_from_store
+        from training.onnx_init import refuse_ensemble, resolve_source, torch_model_from_store
 
         manifest, _ = resolve_source(source)
-        run = manifest.provenance.training
-        if run is not None and run.config.get("ensemble"):
-            raise EnsembleError(f"{source} is itself an ensemble; name its members' runs instead")
+        refuse_ensemble(manifest, source)
         model, labels = torch_model_from_store(source)
+        run = manifest.provenance.training
         assert run is not None  # torch_model_from_store refuses models without a training config
         fields = TrainConfig.__dataclass_fields__
         cfg = TrainConfig.from_dict({k: v for k, v in run.config.items() if k in fields})
@@ -197,16 +198,17 @@ def load_member(source: Path | str) -> Member:
 
 
 def publish_run(
-    run_dir: Path | str | Sequence[Path | str], data_dir: Path | None, name: str, store_root: Path,
+    run_dir: Path | str | Sequence[Path | str], data_dir: Path | None, name: str | None, store_root: Path,
     alias: str | None = "production",
-    shipped: Path | None = None, int8: bool = False, int8_max_drop: float = 0.01, description: str = "",
+    shipped: Path | None = None, int8: bool = False, int8_max_drop: float = 0.01, description: str | None = None,
     licence: str = "research-only (FER2013 images); FER+ labels MIT", log: Any = print,
 ) -> Any:  # fmt: skip
     """Export `run_dir/best.pt`, check parity, compute validation metrics with onnxruntime and publish.
 
     `run_dir` may also be `NAME@ALIAS` of a model this job published (see `load_member`). With several
     sources the published model is their ensemble (`LogitMean`, mean of the logits): they must share
-    labels, input size and normalisation, and flip TTA.
+    labels, input size and normalisation, and flip TTA. `name` and `description` default to the first
+    source's config.
     """
     from model_store import ModelStore
     from training.data import load_dataset
@@ -255,8 +257,9 @@ def publish_run(
             "dataset_fingerprint": conf.get("dataset_fingerprint"), "config": config,
             "date": datetime.now(UTC).isoformat(), "duration_s": sum(m.duration_s for m in members),
         }  # fmt: skip
-        draft = manifest_draft(name, conf, default_cfg, val.labels, metrics, round(temp["temperature"], 4),
-                               provenance, description, licence)  # fmt: skip
+        draft = manifest_draft(name or cfg.name, conf, default_cfg, val.labels, metrics,
+                               round(temp["temperature"], 4), provenance,
+                               cfg.description if description is None else description, licence)  # fmt: skip
         params = sum(p.numel() for p in model.parameters())
         card = model_card(draft, conf, params, format_report(rep), extra)
         store = ModelStore(store_root, shipped=shipped)
@@ -280,7 +283,7 @@ def _int8(onnx_path: Path, val: Any, x_val: np.ndarray, float_acc: float, max_dr
     return f"\nAn int8 (static QDQ, per-channel) variant `model.int8.onnx` is included: accuracy {q_acc:.4f}.\n"
 
 
-def publish_shipped(run_dir: Path | str | Sequence[Path | str], data_dir: Path | None, name: str,
+def publish_shipped(run_dir: Path | str | Sequence[Path | str], data_dir: Path | None, name: str | None,
                     shipped_root: Path | None = None, alias: str = "production", log: Any = print,
                     **kw: Any) -> Any:  # fmt: skip
     """Publish into the read-only layer committed with the package (`model_store/shipped/<name>/<version>/`).
@@ -292,6 +295,7 @@ def publish_shipped(run_dir: Path | str | Sequence[Path | str], data_dir: Path |
 
     root = Path(shipped_root or SHIPPED_ROOT)
     manifest = publish_run(run_dir, data_dir, name, root, alias=None, shipped=None, log=log, **kw)
+    name = manifest.name
     (root / name / "aliases.json").write_text(
         json.dumps({"aliases": {alias: manifest.version}, "history": []}, indent=2) + "\n"
     )

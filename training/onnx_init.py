@@ -63,35 +63,16 @@ def onnx_params(path: Path) -> tuple[list[tuple[np.ndarray, np.ndarray | None]],
     return convs, dense
 
 
-def execution_order(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[nn.Conv2d, nn.BatchNorm2d | None]]:
-    """The model's convolutions in the order a forward pass runs them, each with the BatchNorm fed by its output."""
-    calls = _calls(model, in_shape, (nn.Conv2d, nn.BatchNorm2d))
-    order: list[tuple[nn.Conv2d, nn.BatchNorm2d | None]] = []
-    for i, (mod, _, out) in enumerate(calls):
-        if isinstance(mod, nn.Conv2d) and all(mod is not c for c, _ in order):
-            bn = next((m for m, x, _ in calls[i + 1 :] if isinstance(m, nn.BatchNorm2d) and x is out), None)
-            order.append((mod, bn))
-    return order
-
-
-def linear_order(model: nn.Module, in_shape: tuple[int, ...]) -> list[nn.Linear]:
-    """The model's Linear layers in the order a forward pass first runs them."""
-    order: list[nn.Linear] = []
-    for mod, _, _ in _calls(model, in_shape, (nn.Linear,)):
-        if isinstance(mod, nn.Linear) and all(mod is not m for m in order):
-            order.append(mod)
-    return order
-
-
-def _calls(
-    model: nn.Module, in_shape: tuple[int, ...], kinds: tuple[type[nn.Module], ...]
-) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
-    """(module, input, output) of every call of a module of `kinds` during one eval forward pass."""
+def execution_order(
+    model: nn.Module, in_shape: tuple[int, ...]
+) -> tuple[list[tuple[nn.Conv2d, nn.BatchNorm2d | None]], list[nn.Linear]]:
+    """One eval forward pass: the convolutions in the order they first run, each with the BatchNorm fed by its
+    output, and the Linear layers in the order they first run."""
     calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
     hooks = [
         m.register_forward_hook(lambda mod, inp, out: calls.append((mod, inp[0], out)))
         for m in model.modules()
-        if isinstance(m, kinds)
+        if isinstance(m, nn.Conv2d | nn.BatchNorm2d | nn.Linear)
     ]
     try:
         with torch.no_grad():
@@ -99,7 +80,15 @@ def _calls(
     finally:
         for h in hooks:
             h.remove()
-    return calls
+    convs: list[tuple[nn.Conv2d, nn.BatchNorm2d | None]] = []
+    linears: list[nn.Linear] = []
+    for i, (mod, _, out) in enumerate(calls):
+        if isinstance(mod, nn.Conv2d) and all(mod is not c for c, _ in convs):
+            bn = next((m for m, x, _ in calls[i + 1 :] if isinstance(m, nn.BatchNorm2d) and x is out), None)
+            convs.append((mod, bn))
+        elif isinstance(mod, nn.Linear) and all(mod is not m for m in linears):
+            linears.append(mod)
+    return convs, linears
 
 
 def init_from_onnx(
@@ -114,14 +103,17 @@ def init_from_onnx(
 
     convs, dense = onnx_params(path)
     shape = tuple(calib.shape[1:])
-    order = execution_order(model, shape)
+    order, linears = execution_order(model, shape)
     if len(order) != len(convs):
         raise OnnxInitError(f"{path.name} has {len(convs)} convolutions, the model {len(order)}")
     for i, ((conv, _), (w, _)) in enumerate(zip(order, convs, strict=True)):
         if tuple(conv.weight.shape) != w.shape:
             raise OnnxInitError(f"conv {i}: ONNX {w.shape} vs model {tuple(conv.weight.shape)}")
-    linears = linear_order(model, shape)
-    heads = {id(linear_order(m, shape)[-1]) for m in members_of(model) if linear_order(m, shape)}
+    heads: set[int] = set()  # each network's last Linear (in execution order) is its classifier head
+    for net in members_of(model):
+        own = [fc for fc in linears if any(fc is m for m in net.modules())]
+        if own:
+            heads.add(id(own[-1]))
     if len(linears) != len(dense) or not heads:
         raise OnnxInitError(f"{path.name} has {len(dense)} dense layers, the model {len(linears)}")
     for i, (fc, (w, _)) in enumerate(zip(linears, dense, strict=True)):
@@ -205,6 +197,15 @@ def resolve_source(source: str, store_root: Path | None = None) -> tuple[Manifes
         store_root = get_settings().model_root
     resolved = ModelStore(store_root).get(source)
     return resolved.manifest, resolved.model_path
+
+
+def refuse_ensemble(manifest: Manifest, source: str) -> None:
+    """Raise `OnnxInitError` when `source` is an ensemble: a single network cannot start from it."""
+    run = manifest.provenance.training
+    if run is not None and run.config.get("ensemble"):
+        raise OnnxInitError(
+            f"{source} is itself an ensemble of {len(run.config['ensemble'])} networks; use one of its members' runs"
+        )
 
 
 def check_reproduces(

@@ -106,13 +106,10 @@ def init_model(model: nn.Module, source: str, train: FaceDataset, log: Any = pri
     """
     if source.endswith(".pt"):
         return init_from_checkpoint(model, Path(source), train.labels)
-    from training.onnx_init import OnnxInitError, check_reproduces, init_from_onnx, resolve_source
+    from training.onnx_init import OnnxInitError, check_reproduces, init_from_onnx, refuse_ensemble, resolve_source
 
     manifest, onnx_path = resolve_source(source)
-    run = manifest.provenance.training
-    if run is not None and run.config.get("ensemble"):
-        members = len(run.config["ensemble"])
-        raise OnnxInitError(f"{source} is an ensemble of {members} networks; start from one of its runs' best.pt")
+    refuse_ensemble(manifest, source)
     spec = manifest.input
     mean, std = norm_of(model)
     if not (np.isclose(spec.scale * 255, 1) and np.allclose(spec.mean, mean) and np.allclose(spec.std, std)):

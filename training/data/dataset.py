@@ -66,9 +66,14 @@ class FaceDataset:
         """The same split with every image resized to height x width (fingerprint of the original kept)."""
         if self.images.shape[1:3] == (height, width):
             return self
-        interp = cv2.INTER_AREA if self.images.shape[1] > height else cv2.INTER_LINEAR
-        images = np.stack([cv2.resize(img, (width, height), interpolation=interp) for img in self.images])
+        images = np.stack([resize_face(img, height, width) for img in self.images])
         return FaceDataset(images, self.targets, list(self.labels), self.split, self.name, self.soft, self.fingerprint)
+
+
+def resize_face(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize one face image: area averaging when shrinking, bilinear when enlarging (training and evaluation)."""
+    interp = cv2.INTER_AREA if img.shape[0] > height else cv2.INTER_LINEAR
+    return cv2.resize(img, (width, height), interpolation=interp)
 
 
 def decode(path: str, size: int | None, gray: bool = True) -> np.ndarray:
