@@ -260,7 +260,18 @@ def test_publish_ensemble_rebuild_and_explain(
     assert again.manifest.provenance.training is not None
     assert [c["seed"] for c in again.manifest.provenance.training.config["ensemble"]] == [0, 1]
     res = CliRunner().invoke(app, ["export", "emotion-ens@1", str(second), "--data", str(data)], env={"COLUMNS": "200"})
-    assert res.exit_code != 0 and "itself an ensemble" in res.output
+    assert res.exit_code != 0 and "itself an ensemble" in res.output and "emotion-ens@1#K" in res.output
+    # one member of a published ensemble (NAME@ALIAS#K): swapping members gives the same mean
+    args = ["export", "emotion-ens@1#1", "emotion-ens@1#0", "--data", str(data), "--name", "emotion-ens"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    swapped = ModelStore(root, shipped=None).get("emotion-ens@3")
+    assert np.abs(E.ort_run(swapped.model_path, x) - got).max() < 1e-4
+    assert swapped.manifest.provenance.training is not None
+    assert [c["seed"] for c in swapped.manifest.provenance.training.config["ensemble"]] == [1, 0]
+    for bad in ("emotion-ens@1#2", "emotion-ens@1#x", "emotion-one@1#0"):
+        res = CliRunner().invoke(app, ["export", bad, str(run), "--data", str(data)], env={"COLUMNS": "200"})
+        assert res.exit_code != 0 and "is no ensemble with a member" in res.output, (bad, res.output)
 
     from training.data import load_dataset
     from training.models import create_model

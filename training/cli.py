@@ -59,7 +59,11 @@ def train_command(
 
 def export_command(
     sources: Annotated[
-        list[str], typer.Argument(help="Run folders (with best.pt) or NAME@ALIAS; several make an ensemble.")
+        list[str],
+        typer.Argument(
+            help="Run folders (with best.pt), NAME@ALIAS, or NAME@ALIAS#K (member K of an ensemble); "
+            "several make an ensemble."
+        ),
     ],
     data: Annotated[Path | None, typer.Option("--data", help="Dataset folder (else the run's config).")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Model name (default: the run's config name).")] = None,

@@ -174,22 +174,32 @@ class Member:
 
 
 def load_member(source: Path | str) -> Member:
-    """A run folder's `best.pt`, or `NAME@ALIAS` of a model our training job published (rebuilt from its ONNX)."""
+    """A run folder's `best.pt`, or `NAME@ALIAS` of a model our training job published (rebuilt from its ONNX),
+    or `NAME@ALIAS#K`: member K (from 0) of such a published ensemble."""
     from training.config import TrainConfig
     from training.train import load_checkpoint
 
     if isinstance(source, str) and "@" in source and not Path(source).is_dir():
-        from training.onnx_init import refuse_ensemble, resolve_source, torch_model_from_store
+        from training.models.ensemble import members_of
+        from training.onnx_init import OnnxInitError, refuse_ensemble, resolve_source, torch_model_from_store
 
-        manifest, _ = resolve_source(source)
-        refuse_ensemble(manifest, source)
-        model, labels = torch_model_from_store(source)
+        ref, has_k, k = source.partition("#")
+        manifest, _ = resolve_source(ref)
         run = manifest.provenance.training
-        assert run is not None  # torch_model_from_store refuses models without a training config
+        if run is None:
+            raise OnnxInitError(f"{ref} has no training config in its manifest (not made by `emoserve train`)")
+        configs: list[dict[str, Any]] = run.config.get("ensemble") or [run.config]
+        if not has_k:
+            refuse_ensemble(manifest, source)
+        elif len(configs) < 2 or not k.isdigit() or int(k) >= len(configs):
+            raise OnnxInitError(f"{source}: {ref} is no ensemble with a member {k!r} (members: {len(configs)})")
+        model, labels = torch_model_from_store(ref)
+        run_config = configs[int(k)] if has_k else run.config
+        model = members_of(model)[int(k)] if has_k else model
         fields = TrainConfig.__dataclass_fields__
-        cfg = TrainConfig.from_dict({k: v for k, v in run.config.items() if k in fields})
-        config = {**run.config, "classes": labels, "dataset_fingerprint": run.dataset_fingerprint}
-        return Member(source, model, cfg, config, float(run.duration_s or 0.0))
+        cfg = TrainConfig.from_dict({key: v for key, v in run_config.items() if key in fields})
+        config = {**run_config, "classes": labels, "dataset_fingerprint": run.dataset_fingerprint}
+        return Member(source, model, cfg, config, float(run.duration_s or 0.0) / len(configs))
     run_dir = Path(source)
     model, cfg, ck = load_checkpoint(run_dir / "best.pt")
     log = run_dir / "history.json"

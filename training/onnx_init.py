@@ -205,6 +205,7 @@ def refuse_ensemble(manifest: Manifest, source: str) -> None:
     if run is not None and run.config.get("ensemble"):
         raise OnnxInitError(
             f"{source} is itself an ensemble of {len(run.config['ensemble'])} networks; use one of its members' runs"
+            f" (`emoserve export` also takes one member as {source}#K, K from 0)"
         )
 
 
