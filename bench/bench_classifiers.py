@@ -32,6 +32,7 @@ DEFAULT_MODELS = [
     "emotion-ferplus8-fast@1",
     "emotion-fer7@1",
     "emotion-fer7@2",
+    "emotion-fer7@3",
 ]
 
 
