@@ -252,23 +252,21 @@ def test_publish_ensemble_rebuild_and_explain(
     # a published model as a member (rebuilt from its ONNX): the same ensemble; an ensemble is no member
     res = CliRunner().invoke(app, ["export", str(run), "--data", str(data), "--name", "emotion-one"])
     assert res.exit_code == 0, res.output
-    args = ["export", "emotion-one@1", str(second), "--data", str(data), "--name", "emotion-ens"]
-    res = CliRunner().invoke(app, args)
-    assert res.exit_code == 0, res.output
-    again = ModelStore(root, shipped=None).get("emotion-ens@2")
-    assert np.abs(E.ort_run(again.model_path, x) - got).max() < 1e-4
-    assert again.manifest.provenance.training is not None
-    assert [c["seed"] for c in again.manifest.provenance.training.config["ensemble"]] == [0, 1]
+
+    def export_same_ensemble(sources: list[str], version: int, seeds: list[int]) -> None:
+        """`emoserve export SOURCES` publishes emotion-ens@version with the first ensemble's outputs."""
+        res = CliRunner().invoke(app, ["export", *sources, "--data", str(data), "--name", "emotion-ens"])
+        assert res.exit_code == 0, res.output
+        made = ModelStore(root, shipped=None).get(f"emotion-ens@{version}")
+        assert np.abs(E.ort_run(made.model_path, x) - got).max() < 1e-4
+        assert made.manifest.provenance.training is not None
+        assert [c["seed"] for c in made.manifest.provenance.training.config["ensemble"]] == seeds
+
+    export_same_ensemble(["emotion-one@1", str(second)], 2, [0, 1])
     res = CliRunner().invoke(app, ["export", "emotion-ens@1", str(second), "--data", str(data)], env={"COLUMNS": "200"})
     assert res.exit_code != 0 and "itself an ensemble" in res.output and "emotion-ens@1#K" in res.output
     # one member of a published ensemble (NAME@ALIAS#K): swapping members gives the same mean
-    args = ["export", "emotion-ens@1#1", "emotion-ens@1#0", "--data", str(data), "--name", "emotion-ens"]
-    res = CliRunner().invoke(app, args)
-    assert res.exit_code == 0, res.output
-    swapped = ModelStore(root, shipped=None).get("emotion-ens@3")
-    assert np.abs(E.ort_run(swapped.model_path, x) - got).max() < 1e-4
-    assert swapped.manifest.provenance.training is not None
-    assert [c["seed"] for c in swapped.manifest.provenance.training.config["ensemble"]] == [1, 0]
+    export_same_ensemble(["emotion-ens@1#1", "emotion-ens@1#0"], 3, [1, 0])
     for bad in ("emotion-ens@1#2", "emotion-ens@1#x", "emotion-one@1#0"):
         res = CliRunner().invoke(app, ["export", bad, str(run), "--data", str(data)], env={"COLUMNS": "200"})
         assert res.exit_code != 0 and "is no ensemble with a member" in res.output, (bad, res.output)
