@@ -185,17 +185,17 @@ def load_member(source: Path | str) -> Member:
 
         ref, has_k, k = source.partition("#")
         manifest, _ = resolve_source(ref)
-        run = manifest.provenance.training
-        if run is None:
-            raise OnnxInitError(f"{ref} has no training config in its manifest (not made by `emoserve train`)")
-        configs: list[dict[str, Any]] = run.config.get("ensemble") or [run.config]
         if not has_k:
             refuse_ensemble(manifest, source)
-        elif len(configs) < 2 or not k.isdigit() or int(k) >= len(configs):
-            raise OnnxInitError(f"{source}: {ref} is no ensemble with a member {k!r} (members: {len(configs)})")
         model, labels = torch_model_from_store(ref)
-        run_config = configs[int(k)] if has_k else run.config
-        model = members_of(model)[int(k)] if has_k else model
+        run = manifest.provenance.training
+        assert run is not None  # torch_model_from_store refuses models without a training config
+        configs: list[dict[str, Any]] = run.config.get("ensemble") or [run.config]
+        run_config = run.config
+        if has_k:
+            if len(configs) < 2 or not k.isdigit() or int(k) >= len(configs):
+                raise OnnxInitError(f"{source}: {ref} is no ensemble with a member {k!r} (members: {len(configs)})")
+            model, run_config = members_of(model)[int(k)], configs[int(k)]
         fields = TrainConfig.__dataclass_fields__
         cfg = TrainConfig.from_dict({key: v for key, v in run_config.items() if key in fields})
         config = {**run_config, "classes": labels, "dataset_fingerprint": run.dataset_fingerprint}
