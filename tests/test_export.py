@@ -308,3 +308,45 @@ def test_onnx_init_loads_every_dense_layer(tmp_path: Path) -> None:
     init_from_onnx(dst, path, labels, labels, x)
     with torch.no_grad():
         assert np.abs(dst.eval()(x).numpy() - E.ort_run(path, x.numpy())).max() < 1e-4
+
+
+def test_distill_from_published_teacher(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """The teacher runs as its manifest says (it reproduces its own published accuracy); its probabilities are
+    mapped to the dataset's classes by name; a run trained against them learns."""
+    from training.data import load_dataset
+    from training.distill import DistillError, distilled_targets, mapped_probs, teacher_logits
+    from training.train import train_run
+
+    run, data = trained
+    m = E.publish_run(run, data, "emotion-teacher", tmp_path / "store", shipped=None, log=lambda s: None)
+    onnx_path = str(tmp_path / "store" / "emotion-teacher" / str(m.version) / "model.onnx")
+    val = load_dataset(data, "val", "folder")
+    logits, labels = teacher_logits(onnx_path, val.images, batch_size=7)
+    assert labels == val.labels
+    published = m.metrics[next(iter(m.metrics))]["accuracy"]
+    assert float((logits.argmax(1) == val.targets).mean()) == pytest.approx(published, abs=1e-6)
+    with pytest.raises(DistillError, match="1-channel input"):
+        teacher_logits(onnx_path, np.repeat(val.images[..., None], 3, axis=3))
+
+    # teacher classes in another order, one missing and one extra: columns follow the dataset's labels
+    z = np.array([[2.0, 0.0, 1.0, 9.0]], np.float32)
+    probs = mapped_probs(z, ["happy", "sad", "angry", "contempt"], ["angry", "happy", "fear", "sad"], temperature=1.0)
+    e = np.exp([1.0, 2.0, 0.0])
+    np.testing.assert_allclose(probs[0], [e[0] / e.sum(), e[1] / e.sum(), 0.0, e[2] / e.sum()], rtol=1e-6)
+    assert mapped_probs(z, ["happy", "sad", "angry", "contempt"], ["angry", "happy"], 100.0)[0, 0] > 0.49
+    with pytest.raises(DistillError, match="share none"):
+        mapped_probs(z, ["a", "b", "c", "d"], ["angry"], 1.0)
+
+    train = load_dataset(data, "train", "folder")
+    hard = distilled_targets(train, train.targets, onnx_path, 0.0, 2.0, log=lambda s: None)
+    np.testing.assert_array_equal(hard.argmax(1), train.targets)
+    np.testing.assert_allclose(hard.sum(1), 1.0, rtol=1e-6)
+    mixed = distilled_targets(train, train.targets, onnx_path, 0.5, 2.0, log=lambda s: None)
+    assert mixed.max(1).min() >= 0.5 and mixed.max(1).max() < 1.0
+    logs: list[str] = []
+    out = train_run(tiny_config(epochs=2, distill_from=onnx_path, distill_weight=0.5), data, tmp_path / "student",
+                    log=logs.append)  # fmt: skip
+    assert any("teacher agrees with" in line for line in logs)
+    assert out["val_accuracy"] >= 0.6, out  # chance is 0.25
+    with pytest.raises(ValueError, match="distill_weight"):
+        tiny_config(distill_from=onnx_path, distill_weight=1.5)

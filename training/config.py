@@ -25,6 +25,9 @@ class TrainConfig:
     data_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"rule": "majority"} for FER+
     soft_targets: bool = False  # train against soft targets (FER+ vote distributions) when the dataset has them
     max_train_samples: int | None = None  # for smoke runs
+    distill_from: str | None = None  # teacher NAME@ALIAS (or .onnx): its softened predictions join the targets
+    distill_weight: float = 0.5  # share of the teacher in each target (training/distill.py)
+    distill_temperature: float = 2.0
     # optimisation
     epochs: int = 30
     batch_size: int = 128
@@ -85,6 +88,8 @@ class TrainConfig:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+        if not 0.0 <= self.distill_weight <= 1.0 or self.distill_temperature <= 0:
+            raise ValueError("distill_weight must be in [0, 1] and distill_temperature positive")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs, batch_size and lr must be positive")
 

@@ -217,6 +217,10 @@ def train_run(
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     norm = norm_of(model)
     targets = train.soft if (cfg.soft_targets and train.soft is not None) else train.targets
+    if cfg.distill_from:
+        from training.distill import distilled_targets
+
+        targets = distilled_targets(train, targets, cfg.distill_from, cfg.distill_weight, cfg.distill_temperature, log)
     steps = math.ceil(len(train) / cfg.batch_size / rt.world)
     if cfg.augment == "balanced":
         steps = math.ceil(int(train.counts().max()) * train.num_classes / cfg.batch_size / rt.world)
