@@ -279,6 +279,17 @@ def test_publish_ensemble_rebuild_and_explain(
     with pytest.raises(OnnxInitError, match="ensemble of 2"):
         init_model(create_model("resnet18s", 7, 1, width=8, stem_stride=2), str(resolved.model_path),
                    load_dataset(data, "train", "folder"))  # fmt: skip
+    # fine-tuning from one member (init_from NAME@ALIAS#K): the network starts as that member's run
+    train_split = load_dataset(data, "train", "folder")
+    student = create_model("resnet18s", 7, 1, width=8, stem_stride=2)
+    assert init_model(student, "emotion-ens@1#1", train_split, log=lambda s: None) == []
+    with torch.no_grad():
+        have = E.FlipTTA(student.eval())(torch.from_numpy(x)).numpy()
+        want = members[1](torch.from_numpy(x)).numpy()
+    assert np.abs(have - want).max() < 1e-3
+    assert np.abs(have - single).max() > 1e-3  # not member 0
+    with pytest.raises(OnnxInitError, match="no ensemble with a member"):
+        init_model(create_model("resnet18s", 7, 1, width=8, stem_stride=2), "emotion-ens@1#2", train_split)
 
     no_flip = tmp_path / "noflip"
     train_run(tiny_config(epochs=1, flip_tta=False), data, no_flip, log=lambda s: None)

@@ -181,25 +181,30 @@ def load_member(source: Path | str) -> Member:
 
     if isinstance(source, str) and "@" in source and not Path(source).is_dir():
         from training.models.ensemble import members_of
-        from training.onnx_init import OnnxInitError, refuse_ensemble, resolve_source, torch_model_from_store
+        from training.onnx_init import (
+            ensemble_member,
+            refuse_ensemble,
+            resolve_source,
+            split_member,
+            torch_model_from_store,
+        )
 
-        ref, has_k, k = source.partition("#")
+        ref, k = split_member(source)
         manifest, _ = resolve_source(ref)
-        if not has_k:
+        if k is None:
             refuse_ensemble(manifest, source)
+        index, configs = ensemble_member(manifest, source, k) if k is not None else (0, [])  # refuses a bad K
         model, labels = torch_model_from_store(ref)
         run = manifest.provenance.training
         assert run is not None  # torch_model_from_store refuses models without a training config
-        configs: list[dict[str, Any]] = run.config.get("ensemble") or [run.config]
         run_config = run.config
-        if has_k:
-            if len(configs) < 2 or not k.isdigit() or int(k) >= len(configs):
-                raise OnnxInitError(f"{source}: {ref} is no ensemble with a member {k!r} (members: {len(configs)})")
-            model, run_config = members_of(model)[int(k)], configs[int(k)]
+        if k is not None:
+            model, run_config = members_of(model)[index], configs[index]
+        share = len(configs) or 1
         fields = TrainConfig.__dataclass_fields__
         cfg = TrainConfig.from_dict({key: v for key, v in run_config.items() if key in fields})
         config = {**run_config, "classes": labels, "dataset_fingerprint": run.dataset_fingerprint}
-        return Member(source, model, cfg, config, float(run.duration_s or 0.0) / len(configs))
+        return Member(source, model, cfg, config, float(run.duration_s or 0.0) / share)
     run_dir = Path(source)
     model, cfg, ck = load_checkpoint(run_dir / "best.pt")
     log = run_dir / "history.json"

@@ -15,7 +15,7 @@ The final Linear (the classifier head) is loaded with its rows mapped by label n
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -207,6 +207,22 @@ def refuse_ensemble(manifest: Manifest, source: str) -> None:
             f"{source} is itself an ensemble of {len(run.config['ensemble'])} networks; use one of its members' runs"
             f" (`emoserve export` also takes one member as {source}#K, K from 0)"
         )
+
+
+def split_member(source: str) -> tuple[str, str | None]:
+    """(`NAME@ALIAS`, K) of `NAME@ALIAS#K`; K is None without `#`."""
+    ref, has_k, k = source.partition("#")
+    return ref, (k if has_k else None)
+
+
+def ensemble_member(manifest: Manifest, source: str, k: str) -> tuple[int, list[dict[str, Any]]]:
+    """(index, training configs of all members) for member `k` of the ensemble `source`; `OnnxInitError`
+    when `source` is no ensemble or has no such member."""
+    run = manifest.provenance.training
+    configs: list[dict[str, Any]] = (run.config.get("ensemble") or [run.config]) if run is not None else []
+    if len(configs) < 2 or not k.isdigit() or int(k) >= len(configs):
+        raise OnnxInitError(f"{source}: it is no ensemble with a member {k!r} (members: {len(configs)})")
+    return int(k), configs
 
 
 def check_reproduces(

@@ -99,17 +99,38 @@ def init_from_checkpoint(model: nn.Module, path: Path, classes: list[str]) -> li
 
 
 def init_model(model: nn.Module, source: str, train: FaceDataset, log: Any = print) -> list[str]:
-    """Initialise `model` from a `.pt` checkpoint, an `.onnx` file with its manifest beside it, or `NAME@ALIAS`.
+    """Initialise `model` from a `.pt` checkpoint, an `.onnx` file with its manifest beside it, `NAME@ALIAS`,
+    or `NAME@ALIAS#K`: member K (from 0) of a published ensemble.
 
     ONNX sources (BatchNorm folded) go through `training.onnx_init`, which re-estimates BatchNorm statistics
-    on up to 4,096 training images and checks that the torch model then reproduces the ONNX logits.
+    on up to 4,096 training images and checks that the torch model then reproduces the ONNX logits. For a
+    member, `model` takes member K's place in a rebuilt ensemble, so the whole graph is checked.
     """
     if source.endswith(".pt"):
         return init_from_checkpoint(model, Path(source), train.labels)
-    from training.onnx_init import OnnxInitError, check_reproduces, init_from_onnx, refuse_ensemble, resolve_source
+    from training.models.ensemble import LogitMean
+    from training.onnx_init import (
+        OnnxInitError,
+        check_reproduces,
+        ensemble_member,
+        init_from_onnx,
+        refuse_ensemble,
+        resolve_source,
+        split_member,
+    )
 
-    manifest, onnx_path = resolve_source(source)
-    refuse_ensemble(manifest, source)
+    ref, k = split_member(source)
+    manifest, onnx_path = resolve_source(ref)
+    target = model
+    if k is None:
+        refuse_ensemble(manifest, source)
+    else:
+        index, configs = ensemble_member(manifest, source, k)
+        in_chans = 1 if train.images.ndim == 3 else int(train.images.shape[3])
+        nets = [model if i == index else create_model(str(c["model"]), train.num_classes, in_chans, False,
+                                                      **c.get("model_kwargs", {}))
+                for i, c in enumerate(configs)]  # fmt: skip
+        target = LogitMean(nets)
     spec = manifest.input
     mean, std = norm_of(model)
     if not (np.isclose(spec.scale * 255, 1) and np.allclose(spec.mean, mean) and np.allclose(spec.std, std)):
@@ -118,9 +139,9 @@ def init_model(model: nn.Module, source: str, train: FaceDataset, log: Any = pri
     sample = train.images[np.sort(rng.choice(len(train), min(4096, len(train)), replace=False))]
     calib = to_tensor(sample, mean, std, Runtime(torch.device("cpu"), None, False))
     labels = list(manifest.labels or [])
-    missing = init_from_onnx(model, onnx_path, labels, train.labels, calib)
+    missing = init_from_onnx(target, onnx_path, labels, train.labels, calib)
     cols = [(i, labels.index(c)) for i, c in enumerate(train.labels) if c in labels]
-    diff = check_reproduces(model, onnx_path, manifest, calib[:64], cols)
+    diff = check_reproduces(target, onnx_path, manifest, calib[:64], cols)
     log(f"[train] {onnx_path.name}: {len(cols)} classes mapped, max |torch - onnx| {diff:.1e}")
     return missing
 
