@@ -181,26 +181,16 @@ def load_member(source: Path | str) -> Member:
 
     if isinstance(source, str) and "@" in source and not Path(source).is_dir():
         from training.models.ensemble import members_of
-        from training.onnx_init import (
-            ensemble_member,
-            refuse_ensemble,
-            resolve_source,
-            split_member,
-            torch_model_from_store,
-        )
+        from training.onnx_init import resolve_member, torch_model_from_store
 
-        ref, k = split_member(source)
-        manifest, _ = resolve_source(ref)
-        if k is None:
-            refuse_ensemble(manifest, source)
-        index, configs = ensemble_member(manifest, source, k) if k is not None else (0, [])  # refuses a bad K
-        model, labels = torch_model_from_store(ref)
-        run = manifest.provenance.training
+        src = resolve_member(source)
+        model, labels = torch_model_from_store(src.ref)
+        run = src.manifest.provenance.training
         assert run is not None  # torch_model_from_store refuses models without a training config
         run_config = run.config
-        if k is not None:
-            model, run_config = members_of(model)[index], configs[index]
-        share = len(configs) or 1
+        if src.member is not None:
+            model, run_config = members_of(model)[src.member], src.configs[src.member]
+        share = len(src.configs) or 1
         fields = TrainConfig.__dataclass_fields__
         cfg = TrainConfig.from_dict({key: v for key, v in run_config.items() if key in fields})
         config = {**run_config, "classes": labels, "dataset_fingerprint": run.dataset_fingerprint}

@@ -15,7 +15,7 @@ The final Linear (the classifier head) is loaded with its rows mapped by label n
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -209,20 +209,28 @@ def refuse_ensemble(manifest: Manifest, source: str) -> None:
         )
 
 
-def split_member(source: str) -> tuple[str, str | None]:
-    """(`NAME@ALIAS`, K) of `NAME@ALIAS#K`; K is None without `#`."""
+class MemberSource(NamedTuple):
+    """A resolved `NAME@ALIAS` (`member` None) or `NAME@ALIAS#K` (`member` K, `configs` all members' configs)."""
+
+    ref: str
+    manifest: Manifest
+    onnx_path: Path
+    member: int | None
+    configs: list[dict[str, Any]]
+
+
+def resolve_member(source: str, store_root: Path | None = None) -> MemberSource:
+    """Resolve `source`; `OnnxInitError` for an ensemble without `#K`, or a K the ensemble does not have."""
     ref, has_k, k = source.partition("#")
-    return ref, (k if has_k else None)
-
-
-def ensemble_member(manifest: Manifest, source: str, k: str) -> tuple[int, list[dict[str, Any]]]:
-    """(index, training configs of all members) for member `k` of the ensemble `source`; `OnnxInitError`
-    when `source` is no ensemble or has no such member."""
+    manifest, path = resolve_source(ref, store_root)
+    if not has_k:
+        refuse_ensemble(manifest, source)
+        return MemberSource(ref, manifest, path, None, [])
     run = manifest.provenance.training
     configs: list[dict[str, Any]] = (run.config.get("ensemble") or [run.config]) if run is not None else []
     if len(configs) < 2 or not k.isdigit() or int(k) >= len(configs):
         raise OnnxInitError(f"{source}: it is no ensemble with a member {k!r} (members: {len(configs)})")
-    return int(k), configs
+    return MemberSource(ref, manifest, path, int(k), configs)
 
 
 def check_reproduces(

@@ -109,27 +109,15 @@ def init_model(model: nn.Module, source: str, train: FaceDataset, log: Any = pri
     if source.endswith(".pt"):
         return init_from_checkpoint(model, Path(source), train.labels)
     from training.models.ensemble import LogitMean
-    from training.onnx_init import (
-        OnnxInitError,
-        check_reproduces,
-        ensemble_member,
-        init_from_onnx,
-        refuse_ensemble,
-        resolve_source,
-        split_member,
-    )
+    from training.onnx_init import OnnxInitError, check_reproduces, init_from_onnx, resolve_member
 
-    ref, k = split_member(source)
-    manifest, onnx_path = resolve_source(ref)
-    target = model
-    if k is None:
-        refuse_ensemble(manifest, source)
-    else:
-        index, configs = ensemble_member(manifest, source, k)
+    src = resolve_member(source)
+    manifest, onnx_path, target = src.manifest, src.onnx_path, model
+    if src.member is not None:
         in_chans = 1 if train.images.ndim == 3 else int(train.images.shape[3])
-        nets = [model if i == index else create_model(str(c["model"]), train.num_classes, in_chans, False,
-                                                      **c.get("model_kwargs", {}))
-                for i, c in enumerate(configs)]  # fmt: skip
+        nets = [model if i == src.member else create_model(str(c["model"]), train.num_classes, in_chans, False,
+                                                          **c.get("model_kwargs", {}))
+                for i, c in enumerate(src.configs)]  # fmt: skip
         target = LogitMean(nets)
     spec = manifest.input
     mean, std = norm_of(model)
