@@ -6,6 +6,7 @@ model from the store on a dataset split (preprocessing read from its manifest).
 from __future__ import annotations
 
 import itertools
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -173,13 +174,18 @@ def preprocess_for(manifest: Any, images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if spec.layout == "NCHW" else x)
 
 
-def onnx_logits(model_path: Path, manifest: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def onnx_logits(
+    model_path: Path, manifest: Any, images: np.ndarray, batch_size: int = 256, desc: str | None = None
+) -> np.ndarray:
+    """Logits of an ONNX classifier on uint8 images, preprocessed as its manifest says (a progress bar with `desc`)."""
     import onnxruntime as ort
+    from tqdm import tqdm
 
     sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    outs = [sess.run(None, {name: preprocess_for(manifest, images[i : i + batch_size])})[0]
-            for i in range(0, len(images), batch_size)]  # fmt: skip
+    starts = tqdm(range(0, len(images), batch_size), desc=desc, disable=desc is None, leave=False,
+                  mininterval=0.5 if sys.stderr.isatty() else 60)  # fmt: skip
+    outs = [sess.run(None, {name: preprocess_for(manifest, images[i : i + batch_size])})[0] for i in starts]
     return np.concatenate(outs).astype(np.float32)
 
 

@@ -204,8 +204,8 @@ def refuse_ensemble(manifest: Manifest, source: str) -> None:
     run = manifest.provenance.training
     if run is not None and run.config.get("ensemble"):
         raise OnnxInitError(
-            f"{source} is itself an ensemble of {len(run.config['ensemble'])} networks; use one of its members' runs"
-            f" (`emoserve export` also takes one member as {source}#K, K from 0)"
+            f"{source} is itself an ensemble of {len(run.config['ensemble'])} networks; name one member as"
+            f" {source}#K (K from 0) or one of its members' runs"
         )
 
 
