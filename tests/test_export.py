@@ -288,6 +288,13 @@ def test_publish_ensemble_rebuild_and_explain(
         want = members[1](torch.from_numpy(x)).numpy()
     assert np.abs(have - want).max() < 1e-3
     assert np.abs(have - single).max() > 1e-3  # not member 0
+    # a network at another input size (the graph's input is fixed at 48x48): loaded and checked at 48x48
+    logs: list[str] = []
+    larger = create_model("resnet18s", 7, 1, width=8, stem_stride=2, input_size=64)
+    assert init_model(larger, "emotion-ens@1#1", train_split.resized(64, 64), log=logs.append) == []
+    assert any("loaded and checked at 48x48" in line for line in logs), logs
+    with torch.no_grad():
+        assert np.abs(E.FlipTTA(larger.eval())(torch.from_numpy(x)).numpy() - want).max() < 1e-3
     with pytest.raises(OnnxInitError, match="no ensemble with a member"):
         init_model(create_model("resnet18s", 7, 1, width=8, stem_stride=2), "emotion-ens@1#2", train_split)
 

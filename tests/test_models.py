@@ -71,6 +71,16 @@ def test_rgb_input(name: str) -> None:
         assert model(torch.rand(1, 3, h, w)).shape == (1, 7)
 
 
+def test_mobilenet_input_sizes() -> None:
+    """MobileNets take any multiple of 16 (112: the last stride-2 stage maps 7x7 to 4x4); others are refused."""
+    model = create_model("mobilenetv2", 7, 1, width_mult=0.25, input_size=112).eval()
+    assert cfg_of(model)["input_size"] == (1, 112, 112)
+    with torch.no_grad():
+        assert model(torch.rand(1, 1, 112, 112)).shape == (1, 7)
+    with pytest.raises(ValueError, match="divisible by 16, got 100"):
+        create_model("mobilenetv2", 7, 1, width_mult=0.25, input_size=100)
+
+
 def test_gray_backbone_replicates_channels() -> None:
     """A gray face through the in-model adapter equals the same face replicated to RGB by hand."""
     gray, rgb = tiny("mobilenetv2", 1), tiny("mobilenetv2", 3)

@@ -22,6 +22,7 @@ import torch.nn as nn
 from training.config import TrainConfig
 from training.data import FaceDataset, load_dataset
 from training.data.augment import balanced_indices
+from training.data.dataset import resize_face
 from training.data.pca import PCAProjection, fit_pca
 from training.loop import Runtime, WeightEMA, predict_logits, setup_runtime, to_tensor, train_epoch
 from training.models import create_model
@@ -115,8 +116,10 @@ def init_model(model: nn.Module, source: str, train: FaceDataset, log: Any = pri
     manifest, onnx_path, target = src.manifest, src.onnx_path, model
     if src.member is not None:
         in_chans = 1 if train.images.ndim == 3 else int(train.images.shape[3])
+        size = model.default_cfg["input_size"][-1]  # type: ignore[index]
+        # The other members only carry the graph's weights: built at this model's input size, they fit one LogitMean.
         nets = [model if i == src.member else create_model(str(c["model"]), train.num_classes, in_chans, False,
-                                                          **c.get("model_kwargs", {}))
+                                                          **{**c.get("model_kwargs", {}), "input_size": size})
                 for i, c in enumerate(src.configs)]  # fmt: skip
         target = LogitMean(nets)
     spec = manifest.input
@@ -125,6 +128,13 @@ def init_model(model: nn.Module, source: str, train: FaceDataset, log: Any = pri
         raise OnnxInitError(f"{source}: its input normalisation {spec.mean}/{spec.std} differs from the model's")
     rng = np.random.default_rng(0)
     sample = train.images[np.sort(rng.choice(len(train), min(4096, len(train)), replace=False))]
+    own_h, own_w = sample.shape[1:3]
+    if spec.size is not None and (own_w, own_h) != tuple(spec.size):
+        # The source was trained at another input size: load and check it at its own size (its graph is
+        # fixed to it); the convolutions carry over and training adapts them to the new size.
+        w, h = spec.size
+        sample = np.stack([resize_face(img, h, w) for img in sample])
+        log(f"[train] {source} takes {w}x{h} faces, this model {own_w}x{own_h}: loaded and checked at {w}x{h}")
     calib = to_tensor(sample, mean, std, Runtime(torch.device("cpu"), None, False))
     labels = list(manifest.labels or [])
     missing = init_from_onnx(target, onnx_path, labels, train.labels, calib)

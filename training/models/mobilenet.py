@@ -148,8 +148,8 @@ def _finish(model: MobileNetV2 | MobileNetFER, name: str, in_chans: int, size: i
 def _check(pretrained: bool, width_mult: float, input_size: int, name: str) -> None:
     if pretrained and width_mult != 1.0:
         raise ValueError(f"pretrained {name} needs width_mult=1.0")
-    if input_size % 32:
-        raise ValueError(f"{name} needs input_size divisible by 32, got {input_size}")
+    if input_size % 16:  # 112 works: the last stride-2 stage maps 7x7 to 4x4
+        raise ValueError(f"{name} needs input_size divisible by 16, got {input_size}")
 
 
 @register_model("mobilenetv2")
