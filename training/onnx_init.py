@@ -255,6 +255,14 @@ def check_reproduces(
     return diff
 
 
+def build_networks(configs: list[dict[str, Any]], num_classes: int, in_chans: int, **override: Any) -> list[nn.Module]:
+    """Fresh networks as the run configs (one per ensemble member) declare them, `override` on their model_kwargs."""
+    from training.models import create_model
+
+    return [create_model(str(c["model"]), num_classes, in_chans, False, **{**c.get("model_kwargs", {}), **override})
+            for c in configs]  # fmt: skip
+
+
 def torch_model_from_store(ref: str, store_root: Path | None = None) -> tuple[nn.Module, list[str]]:
     """Rebuild the torch model of a store artifact our training job produced (for Grad-CAM, fine-tuning).
 
@@ -263,7 +271,6 @@ def torch_model_from_store(ref: str, store_root: Path | None = None) -> tuple[nn
     then `check_reproduces`.
     Returns (eval model, labels).
     """
-    from training.models import create_model
     from training.models.ensemble import LogitMean
 
     manifest, onnx_path = resolve_source(ref, store_root)
@@ -274,8 +281,7 @@ def torch_model_from_store(ref: str, store_root: Path | None = None) -> tuple[nn
         raise OnnxInitError(f"{ref} has a PCA front end; rebuild it from its checkpoint instead")
     labels = list(manifest.labels or [])
     in_chans = len(manifest.input.mean)
-    configs = run.config.get("ensemble") or [run.config]
-    nets = [create_model(str(c["model"]), len(labels), in_chans, False, **c.get("model_kwargs", {})) for c in configs]
+    nets = build_networks(run.config.get("ensemble") or [run.config], len(labels), in_chans)
     model = LogitMean(nets) if len(nets) > 1 else nets[0]
     size = tuple(model.default_cfg["input_size"])  # type: ignore[index]
     x = torch.randn(16, *size, generator=torch.Generator().manual_seed(0))

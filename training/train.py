@@ -110,17 +110,16 @@ def init_model(model: nn.Module, source: str, train: FaceDataset, log: Any = pri
     if source.endswith(".pt"):
         return init_from_checkpoint(model, Path(source), train.labels)
     from training.models.ensemble import LogitMean
-    from training.onnx_init import OnnxInitError, check_reproduces, init_from_onnx, resolve_member
+    from training.onnx_init import OnnxInitError, build_networks, check_reproduces, init_from_onnx, resolve_member
 
     src = resolve_member(source)
     manifest, onnx_path, target = src.manifest, src.onnx_path, model
     if src.member is not None:
         in_chans = 1 if train.images.ndim == 3 else int(train.images.shape[3])
-        size = model.default_cfg["input_size"][-1]  # type: ignore[index]
         # The other members only carry the graph's weights: built at this model's input size, they fit one LogitMean.
-        nets = [model if i == src.member else create_model(str(c["model"]), train.num_classes, in_chans, False,
-                                                          **{**c.get("model_kwargs", {}), "input_size": size})
-                for i, c in enumerate(src.configs)]  # fmt: skip
+        size = model.default_cfg["input_size"][-1]  # type: ignore[index]
+        nets = build_networks(src.configs, train.num_classes, in_chans, input_size=size)
+        nets[src.member] = model
         target = LogitMean(nets)
     spec = manifest.input
     mean, std = norm_of(model)
