@@ -46,14 +46,15 @@ def test_sync_client(server: Server, tmp_path: Path) -> None:
             c.analyze(b"not an image")
         assert info.value.status == 400 and info.value.code == "invalid_image"
         errors: list[StreamError] = []
-        # The bad frame goes last: the newest frame is never dropped, so its error always comes back
-        # (an earlier bad frame may legitimately be superseded by the next one on a busy machine).
+        # The bad frame goes last: the newest frame is never dropped, so its error always comes back.
+        # Any of frames 1-7 may be superseded on a busy machine; the error then reports them as dropped.
         frames = [image(i) for i in range(7)] + [b"bad frame"]
-        results = list(c.stream(frames, fps=20, smoothing=0.5, on_error=errors.append))
+        results = list(c.stream(frames, fps=10, smoothing=0.5, on_error=errors.append))
     assert results and all(isinstance(r, StreamResult) for r in results)
-    assert results[-1].frame_id == 6 and {f.track_id for r in results for f in r.faces} == {1}
+    assert {f.track_id for r in results for f in r.faces} == {1}
     assert [e.frame_id for e in errors] == [7] and errors[0].code == "invalid_image"
-    assert len(results) + sum(r.dropped_since_last for r in results) + len(errors) == 8
+    dropped = sum(r.dropped_since_last for r in results) + errors[0].dropped_since_last
+    assert len(results) + dropped + len(errors) == 8
 
 
 def test_async_client(server: Server) -> None:

@@ -169,15 +169,53 @@ def test_a_fast_sender_gets_drops_and_bounded_latency(server: Server) -> None:
     assert elapsed < 15
 
 
+def test_bursts_of_good_and_bad_frames_are_all_accounted_for(server: Server) -> None:
+    """Results + dropped + errors == frames sent, whatever the timing: bursts with bad frames anywhere,
+    the last one bad, sent as fast as the socket takes them while a second stream loads the server."""
+    good = [frame(i, (640, 480)) for i in range(4)]
+    bad = b"not an image"
+    # a bad frame first, in the middle of bursts, twice in a row, and last
+    plan = [bad] + [good[i % 4] for i in range(15)] + [bad, bad] + [good[i % 4] for i in range(20)] + [bad]
+
+    async def stream(frames: list[bytes]) -> tuple[int, int, int]:
+        results = dropped = errors = 0
+        async with connect(ws_url(server), compression=None) as ws:
+            for i, data in enumerate(frames):
+                await ws.send(json.dumps({"type": "frame", "id": i}))
+                await ws.send(data)
+            while True:
+                msg = await recv_json(ws, 30)
+                if msg["type"] not in ("result", "error"):
+                    continue
+                results += msg["type"] == "result"
+                errors += msg["type"] == "error"
+                dropped += msg["dropped_since_last"]
+                if msg["frame_id"] == len(frames) - 1:
+                    return results, dropped, errors
+
+    async def go() -> list[tuple[int, int, int]]:
+        return list(await asyncio.gather(stream(plan), stream(list(reversed(plan)))))
+
+    for _ in range(3):
+        for (results, dropped, errors), sent in zip(run(go()), (plan, plan), strict=True):
+            assert results + dropped + errors == len(sent), (results, dropped, errors)
+            assert errors >= 1  # the last frame of the first stream is bad and never dropped
+
+
 def test_oversize_frame_closes_with_1009(server: Server) -> None:
-    async def go() -> int | None:
+    async def go() -> tuple[dict[str, Any], int | None]:
         async with connect(ws_url(server), compression=None, max_size=None) as ws:
+            await ws.send(json.dumps({"type": "frame", "id": 3}))
             await ws.send(b"\xff" * 300_000)  # over EMOSERVE_WS_MAX_FRAME_BYTES=200000
+            error = await recv_json(ws)  # the frame is accounted for before the close
             with pytest.raises(ConnectionClosed) as info:
                 await recv_json(ws)
-            return info.value.rcvd.code if info.value.rcvd else None
+            return error, info.value.rcvd.code if info.value.rcvd else None
 
-    assert run(go()) == 1009
+    error, code = run(go())
+    assert error["type"] == "error" and error["code"] == "image_too_large" and error["frame_id"] == 3
+    assert error["dropped_since_last"] == 0
+    assert code == 1009
 
 
 def test_metrics_count_stream_frames(server: Server) -> None:

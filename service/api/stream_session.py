@@ -162,18 +162,24 @@ class StreamSession:
                 raise _ClientGone
             data = message.get("bytes")
             if data is not None:
-                self._on_frame(data)
+                await self._on_frame(data)
             elif message.get("text") is not None:
                 await self._on_text(message["text"])
 
-    def _on_frame(self, data: bytes) -> None:
-        limit = self.ctx.settings.ws_max_frame_bytes
-        if len(data) > limit:
-            raise ImageTooLarge(f"frame of {len(data)} bytes is over the limit of {limit}", detail={"limit": limit})
+    async def _on_frame(self, data: bytes) -> None:
         meta, self.meta = self.meta, None
         frame_id = meta.id if meta is not None and meta.id is not None else self.seq
         ts = meta.ts if meta is not None and meta.ts is not None else time.time()
         self.seq += 1
+        limit = self.ctx.settings.ws_max_frame_bytes
+        if len(data) > limit:  # the stream closes (1009): account for this frame and the one waiting
+            exc = ImageTooLarge(f"frame of {len(data)} bytes is over the limit of {limit}", detail={"limit": limit})
+            waiting = 1 if self.slot.take() is not None else 0
+            await self._send(
+                StreamError(code=spec_for(exc).code, message=str(exc), frame_id=frame_id,
+                            dropped_since_last=self.dropped + waiting)  # fmt: skip
+            )
+            raise exc
         if self.slot.put(PendingFrame(data, frame_id, ts, time.perf_counter())):
             self.dropped += 1
             self.ctx.metrics.ws_frames.labels(outcome="dropped").inc()
@@ -214,7 +220,11 @@ class StreamSession:
                 result = await self._analyze(frame)
             except RECOVERABLE as exc:
                 metrics.ws_frames.labels(outcome="invalid").inc()
-                await self._send(StreamError(code=spec_for(exc).code, message=str(exc), frame_id=frame.frame_id))
+                error = StreamError(
+                    code=spec_for(exc).code, message=str(exc), frame_id=frame.frame_id, dropped_since_last=self.dropped
+                )
+                self.dropped = 0
+                await self._send(error)
                 continue
             latency = time.perf_counter() - frame.received
             metrics.ws_frames.labels(outcome="processed").inc()

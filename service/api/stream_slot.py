@@ -39,6 +39,7 @@ class FrameSlot:
         self._ready.clear()
         return frame
 
-    @property
-    def pending(self) -> bool:
-        return self._frame is not None
+    def take(self) -> PendingFrame | None:
+        """Empty the slot without waiting: the frame that was waiting, if any."""
+        frame, self._frame = self._frame, None
+        return frame

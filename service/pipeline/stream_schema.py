@@ -108,6 +108,9 @@ class StreamError(BaseModel):
     code: str
     message: str
     frame_id: int | str | None = Field(None, description="the frame it concerns; null for a bad control message")
+    dropped_since_last: int = Field(
+        0, description="for a frame's error: frames dropped (never processed) since the previous result or frame error"
+    )
 
 
 class Pong(BaseModel):
