@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     max_inflight: int = Field(
         64, ge=1, le=100_000, description="Analyses in flight per worker before 503 + Retry-After (admission)."
     )
+    body_timeout_s: float = Field(
+        15.0, gt=0.0, le=600.0, description="Time a client has to send its whole request body (then 408)."
+    )
+    max_buffered_body_bytes: int = Field(
+        128 * 1024 * 1024, ge=1024, description="Bytes of request bodies read at once per worker (then 503)."
+    )
     batch_limit: int = Field(32, ge=1, le=1000, description="Most images in one `/v1/analyze/batch` request.")
     request_timeout_s: float = Field(30.0, gt=0.0, le=600.0, description="Per-request time limit.")
     cors_origins: list[str] = Field(default_factory=list, description="CORS allowlist (JSON list).")

@@ -49,8 +49,8 @@ def test_oversized_item_runs_in_chunks_of_max_batch() -> None:
         return _square_rows(items)
 
     async def main() -> None:
-        b = DynamicBatcher(run, max_batch=4, max_delay_ms=1, size_of=len,
-                           split=lambda a, n: [a[i : i + n] for i in range(0, len(a), n)], join=np.concatenate)  # fmt: skip
+        chunks = lambda a, n: [a[i : i + n] for i in range(0, len(a), n)]  # noqa: E731
+        b = DynamicBatcher(run, max_batch=4, max_delay_ms=1, size_of=len, split=chunks, join=np.concatenate)
         item = np.arange(10.0).reshape(10, 1)
         r = await b.submit(item)
         assert r.shape == (10, 1) and np.array_equal(r, item**2)

@@ -138,8 +138,9 @@ def test_formats_without_a_header_check_are_refused_unread(ext: str, name: str) 
         ihdr = struct.pack(">II", 8000, 8000) + b"\x00\x03\x07\x07\x00\x00"
         data = b"\x00\x00\x00\x0cjP  \r\n\x87\n" + struct.pack(">I", 22) + b"ihdr" + ihdr
     else:
-        img = np.full((16, 24, 3), 128, np.uint8)
-        ok, buf = cv2.imencode(ext, {".hdr": img.astype(np.float32), ".pgm": img[:, :, 0]}.get(ext, img))
+        img: np.ndarray = np.full((16, 24, 3), 128, np.uint8)
+        img = img.astype(np.float32) if ext == ".hdr" else img[:, :, 0] if ext == ".pgm" else img
+        ok, buf = cv2.imencode(ext, img)
         assert ok, ext
         data = bytes(buf.tobytes())
     with pytest.raises(UnsupportedMediaType, match=name) as info:

@@ -105,6 +105,11 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
             allow_methods=["GET", "POST", "PUT"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
         )
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(AdmissionMiddleware, limit=settings.max_inflight, metrics=metrics)  # outermost: cheapest
+    app.add_middleware(AdmissionMiddleware, limit=settings.max_inflight, metrics=metrics)
+    app.add_middleware(  # outermost: bodies are complete before admission counts them
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        max_buffered_bytes=settings.max_buffered_body_bytes,
+    )
     return app

@@ -176,8 +176,12 @@ class StreamSession:
             exc = ImageTooLarge(f"frame of {len(data)} bytes is over the limit of {limit}", detail={"limit": limit})
             waiting = 1 if self.slot.take() is not None else 0
             await self._send(
-                StreamError(code=spec_for(exc).code, message=str(exc), frame_id=frame_id,
-                            dropped_since_last=self.dropped + waiting)  # fmt: skip
+                StreamError(
+                    code=spec_for(exc).code,
+                    message=str(exc),
+                    frame_id=frame_id,
+                    dropped_since_last=self.dropped + waiting,
+                )
             )
             raise exc
         if self.slot.put(PendingFrame(data, frame_id, ts, time.perf_counter())):
