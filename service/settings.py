@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     )
     batch_limit: int = Field(32, ge=1, le=1000, description="Most images in one `/v1/analyze/batch` request.")
     request_timeout_s: float = Field(30.0, gt=0.0, le=600.0, description="Per-request time limit.")
+    shutdown_grace_s: float | None = Field(
+        None, gt=0.0, le=3600.0, description="Time in-flight requests get on SIGTERM (default: request timeout + 5 s)."
+    )
     cors_origins: list[str] = Field(default_factory=list, description="CORS allowlist (JSON list).")
     api_keys: list[str] = Field(
         default_factory=list, description="Client API keys as `sha256:<hex>` (or plain, hashed at start)."
@@ -100,7 +103,14 @@ class Settings(BaseSettings):
         10, ge=0, le=10_000, description="Frames a face track may go undetected before it expires."
     )
     ws_auth_timeout_s: float = Field(
-        10.0, gt=0.0, le=600.0, description="How long a stream without a key in the URL waits for its `auth` message."
+        10.0, gt=0.0, le=600.0, description="How long a stream without a key header waits for its `auth` message."
+    )
+    ws_max_streams: int = Field(
+        64, ge=1, le=100_000, description="Open streams per worker; one more is closed with 1013 (retry later)."
+    )
+    ws_allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed to open streams, e.g. https://app.example (JSON list; [] = any).",
     )
 
     # -- Redis ---------------------------------------------------------------------------------

@@ -12,7 +12,15 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from model_store import ModelStore
 from service import __version__
-from service.api import error_handlers, routes_analyze, routes_health, routes_models, routes_stream, stream_demo
+from service.api import (
+    error_handlers,
+    log_scrub,
+    routes_analyze,
+    routes_health,
+    routes_models,
+    routes_stream,
+    stream_demo,
+)
 from service.api.admission import AdmissionMiddleware
 from service.api.auth import KeyRing
 from service.api.body_limit import BodyLimitMiddleware
@@ -39,6 +47,17 @@ def run_plugins(plugins: list[str]) -> None:
         getattr(importlib.import_module(module), attr or "register")()
 
 
+def warn_if_open(settings: Settings) -> None:
+    """A server reachable from other machines with no client keys says so at start-up."""
+    loopback = settings.host in ("localhost", "::1") or settings.host.startswith("127.")
+    if not loopback and not settings.api_keys:
+        log.warning(
+            "serving on %s with no EMOSERVE_API_KEYS: anyone who can reach the port may use the API "
+            "(set EMOSERVE_API_KEYS, see README 'API keys')",
+            settings.host,
+        )
+
+
 def create_app(settings: Settings | None = None, *, metrics: Metrics | None = None) -> FastAPI:
     """Build the app; nothing is loaded until the lifespan starts."""
     settings = settings or get_settings()
@@ -47,6 +66,8 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        log_scrub.install()
+        warn_if_open(settings)
         run_plugins(settings.plugins)
         redis = RedisLink(settings.redis_url, metrics) if settings.redis_url else None
         if redis is None:
