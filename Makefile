@@ -2,7 +2,6 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-MIRROR ?= ../shared/models
 
 .PHONY: setup run test lint typecheck reliability bench bench-peer clean
 
@@ -16,9 +15,8 @@ $(BIN)/emoserve: pyproject.toml
 	$(BIN)/pip install -q -e ".[cpu,train,dev]"
 	touch $@
 
-# Pull the default detector (from the mirror when present, else its official source), then serve.
+# The default detector and classifiers ship inside the package: no pull, no network.
 run: setup
-	$(BIN)/emoserve models pull yunet-2023mar $(if $(wildcard $(MIRROR)),--mirror $(MIRROR))
 	$(BIN)/emoserve serve
 
 test: setup

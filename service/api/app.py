@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from model_store import ModelStore
+from model_store.pull import missing_model_advice
 from service import __version__
 from service.api import error_handlers, routes_analyze, routes_health, routes_models, routes_stream, stream_demo
 from service.api.admission import AdmissionMiddleware
@@ -53,7 +55,8 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
             log.info("EMOSERVE_REDIS_URL is unset: result cache, rate limits and model events are in-process")
         store = ModelStore(settings.model_root)
         factory, closer = build_pipeline_factory(settings, store, metrics)
-        manager = ModelManager(store, factory, settings.detector, settings.classifier)
+        advice = functools.partial(missing_model_advice, catalog_path=settings.catalog)
+        manager = ModelManager(store, factory, settings.detector, settings.classifier, advice=advice)
         manager.on_swap.append(metrics.set_models)
         try:
             await manager.reload()
