@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from model_store import ModelStore
 from model_store.pull import missing_model_advice
 from service import __version__
-from service.api import error_handlers, routes_analyze, routes_health, routes_models, routes_stream, stream_demo
+from service.api import docs, error_handlers, routes_analyze, routes_health, routes_models, routes_stream, stream_demo
 from service.api.admission import AdmissionMiddleware
 from service.api.auth import KeyRing
 from service.api.body_limit import BodyLimitMiddleware
@@ -93,7 +93,12 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
         version=__version__,
         description="Real-time facial emotion recognition: every face in an image and the emotion it shows.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from service.api.docs, with assets served locally
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the online validator
     )
+    docs.install(app)
     error_handlers.install(app)
     app.include_router(routes_health.router)
     app.include_router(routes_analyze.router)
