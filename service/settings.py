@@ -43,7 +43,8 @@ class Settings(BaseSettings):
     # -- runtime -------------------------------------------------------------------------------
     providers: list[Provider] = Field(
         default_factory=default_providers,
-        description="onnxruntime execution providers in order of preference; unavailable ones are skipped.",
+        description="onnxruntime execution providers in order of preference; unavailable ones are skipped "
+        "(set explicitly with a GPU provider, a start without one logs a warning).",
     )
     require_gpu: bool = Field(False, description="Fail at load when no GPU provider is really in use.")
     intra_op_threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads (0 = cores / workers).")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 from collections.abc import AsyncIterator
@@ -11,8 +12,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from model_store import ModelStore
+from model_store.pull import missing_model_advice
 from service import __version__
 from service.api import (
+    docs,
     error_handlers,
     log_scrub,
     routes_analyze,
@@ -74,7 +77,8 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
             log.info("EMOSERVE_REDIS_URL is unset: result cache, rate limits and model events are in-process")
         store = ModelStore(settings.model_root)
         factory, closer = build_pipeline_factory(settings, store, metrics)
-        manager = ModelManager(store, factory, settings.detector, settings.classifier)
+        advice = functools.partial(missing_model_advice, catalog_path=settings.catalog)
+        manager = ModelManager(store, factory, settings.detector, settings.classifier, advice=advice)
         manager.on_swap.append(metrics.set_models)
         try:
             await manager.reload()
@@ -111,7 +115,12 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
         version=__version__,
         description="Real-time facial emotion recognition: every face in an image and the emotion it shows.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from service.api.docs, with assets served locally
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the online validator
     )
+    docs.install(app)
     error_handlers.install(app)
     app.include_router(routes_health.router)
     app.include_router(routes_analyze.router)
