@@ -94,6 +94,7 @@ def test_session_options_are_deliberate() -> None:
     assert opts.inter_op_num_threads == 1
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert session_options(get_settings(intra_op_threads=3)).intra_op_num_threads == 3
+    assert opts.enable_cpu_mem_arena is False  # the arena would keep the largest batch's memory for good
 
 
 def test_bad_model_file_is_model_load_failed(tmp_path: Path) -> None:

@@ -55,7 +55,9 @@ def intra_op_threads(settings: Settings) -> int:
 
 
 def session_options(settings: Settings, threads: int | None = None) -> Any:
-    """CPU options: intra-op threads = cores / workers, inter-op 1, no spinning with several workers, ALL opts."""
+    """CPU options: intra-op threads = cores / workers, inter-op 1, no spinning with several workers, ALL opts,
+    no CPU memory arena (the arena keeps the peak of the largest batch for good: +234 MB after one batch of 32
+    faces through emotion-ferplus8@3, against +54 MB without it, at the same speed)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -63,6 +65,7 @@ def session_options(settings: Settings, threads: int | None = None) -> Any:
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.enable_cpu_mem_arena = False
     if settings.workers > 1:
         # Several worker processes share the cores: spinning idle threads would steal them.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
