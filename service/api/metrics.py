@@ -56,6 +56,12 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.model_events_listener_up = Gauge(
+            "emoserve_model_events_listener_up",
+            "1 while this process listens for cross-replica model events on Redis, else 0",
+            multiprocess_mode="livemin",
+            registry=r,
+        )
 
         self.ws_connections = Gauge(
             "emoserve_ws_connections", "Open WebSocket streams", multiprocess_mode="livesum", registry=r
