@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures as cf
+import hashlib
 import json
 import os
 import re
@@ -18,8 +19,10 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+import redis
 
 from model_store import ModelStore
+from service.api.auth import hash_key
 from tests.api_server import Server, free_port, run_server
 from tests.conftest import shared_path
 from tests.helpers.tiny_models import (
@@ -181,11 +184,45 @@ def test_second_identical_request_is_a_cache_hit(server: Server) -> None:
     img = jpeg(None)
     with server.client() as c:
         before = metric(c.get("/metrics").text, "emoserve_cache_requests_total", result="hit")
-        first = c.post("/v1/analyze", content=img, headers={"content-type": "image/jpeg"}).json()
-        second = c.post("/v1/analyze", content=img, headers={"content-type": "image/jpeg"}).json()
+        first = c.post("/v1/analyze", content=img, headers={"content-type": "image/jpeg"})
+        second = c.post("/v1/analyze", content=img, headers={"content-type": "image/jpeg"})
+        annotated = c.post("/v1/annotate", content=img, headers={"content-type": "image/jpeg"})
         after = metric(c.get("/metrics").text, "emoserve_cache_requests_total", result="hit")
-    assert after == before + 1
-    assert first == second
+    assert after == before + 2
+    assert (first.headers["x-cache"], second.headers["x-cache"], annotated.headers["x-cache"]) == ("miss", "hit", "hit")
+    a, b = first.json(), second.json()
+    assert {**a, "timings_ms": None} == {**b, "timings_ms": None}
+    # a hit carries this answer's timings: no stage ran, `total` is the lookup
+    assert b["timings_ms"]["total"] > 0 and a["timings_ms"]["total"] > 0
+    assert [b["timings_ms"][s] for s in ("decode", "queue", "detect", "align", "classify")] == [0.0] * 5
+
+
+def test_garbage_in_the_result_cache_is_a_miss(server: Server, redis_url: str) -> None:
+    """Garbage or forged values in the real cache keys are never served: a fresh result is, and replaces them."""
+    img = jpeg(None)
+    sha = hashlib.sha256(img).hexdigest()
+    store = redis.Redis.from_url(redis_url)
+    with server.client() as c:
+        post = lambda: c.post("/v1/analyze", content=img, headers={"content-type": "image/jpeg"})  # noqa: E731
+        fresh = post()
+        assert fresh.status_code == 200 and fresh.headers["x-cache"] == "miss"
+        [key] = store.keys(f"emoserve:result:{sha}:*")
+        forged = {**fresh.json(), "faces": []}
+        values: list[str | bytes] = [
+            b"\x00garbage",
+            json.dumps({"faces": "forged"}).encode(),
+            json.dumps(forged).encode(),  # the right shape without the format version
+            json.dumps({"format": 1, "result": {**forged, "models": {"detector": {"name": "x", "version": 9}}}}),
+            json.dumps({"format": 1, "result": forged}).replace('"total": ', '"total": 1e999, "x": ').encode(),
+        ]
+        for value in values:
+            store.set(key, value)
+            r = post()
+            assert r.status_code == 200, (value, r.text)
+            assert r.headers["x-cache"] == "miss" and r.json()["faces"] == fresh.json()["faces"]
+        again = post()
+    store.close()
+    assert again.headers["x-cache"] == "hit" and again.json()["faces"] == fresh.json()["faces"]
 
 
 def test_metrics_names_after_traffic(server: Server) -> None:
@@ -245,6 +282,9 @@ def test_rate_limit_429_with_retry_after(model_root: Path, redis_url: str, tmp_p
         EMOSERVE_API_KEYS=f'["key-{time.time_ns()}"]',
     )
     key = json.loads(env["EMOSERVE_API_KEYS"])[0]
+    # a corrupted bucket (once a 500 OverflowError) is read as a fresh one
+    bucket = f"emoserve:rl:key:{hash_key(key)[7:23]}"
+    redis.Redis.from_url(redis_url).hset(bucket, mapping={"tokens": "-1e309", "ts": "1"})
     with run_server(env, tmp_path) as s, s.client(headers={"X-API-Key": key}) as c:
         codes = [c.post("/v1/analyze", content=jpeg(i), headers={"content-type": "image/jpeg"}) for i in range(5)]
         text = c.get("/metrics").text
