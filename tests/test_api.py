@@ -169,7 +169,38 @@ def test_batch_keeps_order_and_isolates_bad_images(server: Server) -> None:
     assert [next(iter(x)) for x in results] == ["image", "error", "image"]
     assert results[1]["error"]["code"] == "invalid_image"
     assert results[2]["image"] == {"width": 160, "height": 120}
-    assert too_many.status_code == 400 and "batch limit" in too_many.json()["error"]["message"]
+    assert too_many.status_code == 413 and too_many.json()["error"]["code"] == "too_many_images"
+    assert "batch limit of 4" in too_many.json()["error"]["message"]
+
+
+def test_json_batch_fails_only_the_bad_slots(server: Server) -> None:
+    good = base64.b64encode(jpeg(1)).decode()
+    entries = [good, "%%% not base64", 5, base64.b64encode(b"junk").decode()]
+    with server.client() as c:
+        r = c.post("/v1/analyze/batch", json={"images_base64": entries, "landmarks": False})
+        too_many = c.post("/v1/analyze/batch", json={"images_base64": [good] * 5})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [next(iter(x)) for x in results] == ["image", "error", "error", "error"]
+    assert all(x["error"]["code"] == "invalid_image" for x in results[1:])
+    assert "images_base64[1]" in results[1]["error"]["message"] and "images_base64[2]" in results[2]["error"]["message"]
+    assert results[0]["faces"][0]["landmarks"] is None
+    assert too_many.status_code == 413 and too_many.json()["error"]["code"] == "too_many_images"
+    assert too_many.json()["error"]["detail"] == {"limit": 4, "count": 5}
+
+
+def test_base64_with_line_breaks_is_accepted(server: Server) -> None:
+    img = jpeg(2)
+    wrapped = base64.encodebytes(img).decode()  # MIME style: a line break every 76 characters
+    assert "\n" in wrapped
+    spaced = "  " + wrapped.replace("\n", "\r\n\t ")
+    with server.client() as c:
+        one = c.post("/v1/analyze", json={"image_base64": wrapped})
+        data_url = c.post("/v1/analyze", json={"image_base64": "data:image/jpeg;base64,\n" + spaced})
+        batch = c.post("/v1/analyze/batch", json={"images_base64": [wrapped, spaced]})
+    assert one.status_code == 200 and data_url.status_code == 200, (one.text, data_url.text)
+    assert one.json()["image"] == {"width": 320, "height": 240} == data_url.json()["image"]
+    assert batch.status_code == 200 and [next(iter(x)) for x in batch.json()["results"]] == ["image", "image"]
 
 
 def test_annotate_returns_jpeg(server: Server) -> None:

@@ -61,7 +61,20 @@ BATCH_BODY = {
                     "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}},
                     "required": ["images"],
                 }
-            }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "images_base64": {"type": "array", "items": {"type": "string"}},
+                        "max_faces": {"type": "integer", "minimum": 1},
+                        "min_face_size": {"type": "integer", "minimum": 0},
+                        "threshold": {"type": "number", "minimum": 0, "maximum": 1},
+                        "landmarks": {"type": "boolean"},
+                    },
+                    "required": ["images_base64"],
+                }
+            },
         },
     }
 }
@@ -131,7 +144,7 @@ async def analyze(request: Request) -> JSONResponse:
     await authorize(request)
     ctx = context(request)
     req = await read_images(request)
-    _, data = req.images[0]
+    data = req.only_image()
     answer = await _timed(ctx, data, req.options)
     return JSONResponse(answer.body, headers=_cache_header(answer.cached))
 
@@ -142,16 +155,13 @@ async def analyze(request: Request) -> JSONResponse:
 async def analyze_batch(request: Request) -> JSONResponse:
     await authorize(request)
     ctx = context(request)
-    req = await read_images(request, field="images", many=True)
-    if len(req.images) > ctx.settings.batch_limit:
-        raise InvalidImage(
-            f"{len(req.images)} images is over the batch limit of {ctx.settings.batch_limit}",
-            detail={"limit": ctx.settings.batch_limit},
-        )
+    req = await read_images(request, field="images", many=True, max_images=ctx.settings.batch_limit)
     _options(req.options)  # invalid options fail the whole request (422)
 
-    async def slot(data: bytes) -> _Answer:
+    async def slot(data: bytes | InvalidImage) -> _Answer:
         try:
+            if isinstance(data, InvalidImage):
+                raise data
             return await _timed(ctx, data, req.options)
         except (InvalidImage, ImageTooLarge) as exc:  # a bad image fails its own slot only
             return _Answer(error_body(exc), cached=False)
@@ -171,7 +181,7 @@ async def annotate(request: Request) -> Response:
     await authorize(request)
     ctx = context(request)
     req = await read_images(request)
-    _, data = req.images[0]
+    data = req.only_image()
     answer = await _timed(ctx, data, req.options)
     started = time.perf_counter()
     jpeg = await asyncio.to_thread(annotate_jpeg, data, answer.body, max_pixels=ctx.settings.max_image_pixels)
