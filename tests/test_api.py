@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -153,6 +154,40 @@ def test_oversized_upload_is_cut_off_early(server: Server) -> None:
         declared = c.post("/v1/analyze", content=b"\0" * (limit + 1), headers={"content-type": "image/jpeg"})
     assert declared.status_code == 413
     assert sent < 10 * limit, f"server read {sent} bytes before refusing"
+
+
+def test_client_dropping_mid_upload_is_499_not_500(server: Server) -> None:
+    """Headers and part of a body, then the socket closes: counted 499, no 5xx, no traceback."""
+    host, port = server.url.removeprefix("http://").split(":")
+    part_of = {
+        "image/jpeg": b"\xff\xd8\xff" + b"\0" * 1000,
+        "multipart/form-data; boundary=zz": b'--zz\r\nContent-Disposition: form-data; name="image"; '
+        b'filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n' + b"\0" * 1000,
+        "application/json": b'{"image_base64": "' + b"A" * 1000,
+    }
+
+    def count(text: str, code: str) -> float:
+        return sum(
+            float(m.group(1))
+            for m in re.finditer(rf'^emoserve_requests_total{{[^}}]*code="{code}"[^}}]*}} (\S+)$', text, re.M)
+        )
+
+    with server.client() as c:
+        before = c.get("/metrics").text
+        logged = len(server.logs())
+        for content_type, part in part_of.items():
+            head = f"POST /v1/analyze HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+            with socket.create_connection((host, int(port))) as sock:
+                sock.sendall(f"{head}Content-Length: 100000\r\n\r\n".encode() + part)
+                time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while count(after := c.get("/metrics").text, "499") < count(before, "499") + len(part_of):
+            assert time.monotonic() < deadline, "the dropped uploads were not counted as 499"
+            time.sleep(0.1)
+    assert count(after, "5\\d\\d") == count(before, "5\\d\\d")
+    assert metric(after, "emoserve_requests_total", endpoint="/v1/analyze", code="499") >= len(part_of)
+    new_logs = server.logs()[logged:]
+    assert "Traceback" not in new_logs and "unexpected error" not in new_logs, new_logs[-3000:]
 
 
 def test_batch_keeps_order_and_isolates_bad_images(server: Server) -> None:
