@@ -190,6 +190,27 @@ def test_client_dropping_mid_upload_is_499_not_500(server: Server) -> None:
     assert "Traceback" not in new_logs and "unexpected error" not in new_logs, new_logs[-3000:]
 
 
+def test_random_paths_make_a_bounded_set_of_endpoint_labels(model_root: Path, tmp_path: Path) -> None:
+    """Refused by admission (raw path in hand) or unrouted, random paths never become label values."""
+    with run_server(base_env(model_root, EMOSERVE_MAX_INFLIGHT="1"), tmp_path) as s, s.client() as c:
+        host, port = s.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as hold:  # one upload in flight: admission is full
+            hold.sendall(
+                f"POST /v1/analyze HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
+                "Content-Length: 100000\r\n\r\n".encode()
+            )
+            time.sleep(0.3)
+            refused = [c.post(f"/v1/analyze/{os.urandom(6).hex()}", content=b"x").status_code for _ in range(150)]
+        unrouted = [c.post(f"/{os.urandom(6).hex()}/x", content=b"x").status_code for _ in range(150)]
+        text = c.get("/metrics").text
+        routes = set(c.get("/openapi.json").json()["paths"])
+    assert set(refused) == {503} and set(unrouted) == {404}
+    labels = set(re.findall(r'^emoserve_request[a-z_]*\{[^}]*endpoint="([^"]*)"', text, re.M))
+    assert {"unmatched", "/readyz"} <= labels  # route templates are still labels
+    assert labels <= routes | {"unmatched"}, labels - routes
+    assert metric(text, "emoserve_requests_total", endpoint="unmatched", code="503") == 150
+
+
 def test_batch_keeps_order_and_isolates_bad_images(server: Server) -> None:
     files = [
         ("images", ("a.jpg", jpeg(1), "image/jpeg")),

@@ -6,7 +6,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.metrics import Metrics
+from service.api.metrics import UNMATCHED, Metrics
 
 
 class RequestMetricsMiddleware:
@@ -33,6 +33,8 @@ class RequestMetricsMiddleware:
         finally:
             self.metrics.inflight.dec()
             route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
+            endpoint = getattr(route, "path", None) or UNMATCHED
+            if route is not None:
+                self.metrics.add_endpoints([endpoint])  # a route's template: the set stays bounded
             self.metrics.requests.labels(endpoint=endpoint, code=str(status)).inc()
             self.metrics.request_duration.labels(endpoint=endpoint).observe(time.perf_counter() - started)
