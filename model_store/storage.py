@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from model_store.errors import ModelNotFound, ReadOnlyLayer, VersionExists
 from model_store.manifest import MANIFEST_FILE, Manifest
-from model_store.names import validate_name, validate_version
+from model_store.names import is_number, validate_name, validate_version
 
 ALIASES_FILE = "aliases.json"
 STAGING_DIR = ".staging"
@@ -101,7 +101,7 @@ class LocalStorage:
         d = self._name_dir(name)
         if not d.is_dir():
             return []
-        return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and (p / MANIFEST_FILE).is_file())
+        return sorted(int(p.name) for p in d.iterdir() if is_number(p.name) and (p / MANIFEST_FILE).is_file())
 
     def local_dir(self, name: str, version: int) -> Path:
         d = self._name_dir(name) / str(validate_version(version))

@@ -403,6 +403,24 @@ def test_api_keys_and_admin_scope(model_root: Path, tmp_path: Path) -> None:
     assert bad_version.status_code == 422
 
 
+def test_names_with_a_trailing_newline_are_refused(tmp_path: Path) -> None:
+    """`PUT .../aliases/production%0A` once answered 200 and wrote `production\\n` into aliases.json."""
+    root = publish_test_models(tmp_path)
+    env = base_env(root, EMOSERVE_ADMIN_KEYS='["admin"]')
+    with run_server(env, tmp_path) as s, s.client(headers={"X-API-Key": "admin"}) as c:
+        answers = [
+            c.put("/v1/models/tiny-emotion/aliases/production%0A", json={"version": 1}),
+            c.put("/v1/models/tiny-emotion%0A/aliases/production", json={"version": 1}),
+            c.put("/v1/models/tiny-emotion/aliases/staging%0A", json={"version": 1}),
+            c.get("/v1/models/tiny-emotion%0A"),
+        ]
+        fine = c.put("/v1/models/tiny-emotion/aliases/staging", json={"version": 1})
+    for r in answers:
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_name", r.text
+    assert fine.status_code == 200
+    assert ModelStore(root, shipped=None).aliases("tiny-emotion") == {"production": 1, "staging": 1}
+
+
 def test_promotion_under_load_answers_everything(tmp_path: Path) -> None:
     publish_test_models(tmp_path, classifier_versions=2)  # production = v1
     env = base_env(tmp_path / "root", EMOSERVE_ADMIN_KEYS='["admin"]', EMOSERVE_CACHE_TTL_S="0")

@@ -21,6 +21,7 @@ from model_store import (
     parse_ref,
 )
 from model_store.manifest import Manifest
+from model_store.names import validate_alias, validate_name, validate_version
 
 DRAFT = {
     "name": "det",
@@ -111,7 +112,25 @@ def test_remove_only_unreferenced(store: ModelStore, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "ref", ["../etc", "det@../x", "a/b", "det@1@2", "DET", "det@", "", "det@-1", ".hidden", "det@a/b", "x" * 80]
+    "ref",
+    [
+        "../etc",
+        "det@../x",
+        "a/b",
+        "det@1@2",
+        "DET",
+        "det@",
+        "",
+        "det@-1",
+        ".hidden",
+        "det@a/b",
+        "x" * 80,
+        "det\n",  # `$` would match before a final newline
+        "det@production\n",
+        "det@1\n",
+        "det@\u0663",  # a non-ASCII digit
+        "det@\u00b2",
+    ],
 )
 def test_bad_references_are_refused(ref: str) -> None:
     with pytest.raises(InvalidName):
@@ -127,6 +146,20 @@ def test_traversal_names_refused_everywhere(store: ModelStore, tmp_path: Path) -
     with pytest.raises(InvalidName):
         store.set_alias("det", "../prod", 1)
     assert not (tmp_path / "evil").exists()
+
+
+@pytest.mark.parametrize("bad", ["production\n", "det\n", "\nprod", "prod\r"])
+def test_trailing_newline_is_refused_everywhere(store: ModelStore, tmp_path: Path, bad: str) -> None:
+    store.publish(DRAFT, {"model.onnx": _file(tmp_path, b"x")})
+    with pytest.raises(InvalidName):
+        validate_name(bad)
+    with pytest.raises(InvalidName):
+        validate_alias(bad)
+    with pytest.raises(InvalidName):
+        store.set_alias("det", bad, 1)
+    with pytest.raises(InvalidName):
+        validate_version("1\n")
+    assert "\n" not in json.dumps(store.aliases("det"))
 
 
 def test_events_are_delivered(store: ModelStore, tmp_path: Path) -> None:
