@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import multiprocessing as mp
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -213,3 +216,35 @@ def test_concurrent_publishers_never_collide(tmp_path: Path) -> None:
     assert not any((root / ".staging").iterdir())
     manifests = [json.loads((root / "det" / str(v) / "manifest.json").read_text()) for v in versions]
     assert all(m["version"] == v for m, v in zip(manifests, versions, strict=True))
+
+
+def test_stale_staging_folders_are_swept_when_the_store_opens(tmp_path: Path) -> None:
+    """A publish killed midway leaves `.staging/<id>`; the next open removes it once an hour old and unlocked."""
+    root = tmp_path / "root"
+    staging = root / ".staging"
+    hour_ago = time.time() - 3700
+
+    def leftover(name: str, *, old: bool) -> Path:
+        d = staging / name
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "model.onnx").write_bytes(b"half written")
+        if old:
+            os.utime(d, (hour_ago, hour_ago))
+        return d
+
+    killed = leftover("killed", old=True)
+    recent = leftover("recent", old=False)
+    busy = leftover("busy", old=True)  # old, but a live publish still holds its lock
+    orphan_lock = staging / "gone.lock"
+    orphan_lock.touch()
+    os.utime(orphan_lock, (hour_ago, hour_ago))
+    with open(staging / "busy.lock", "a+b") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        os.utime(staging / "busy.lock", (hour_ago, hour_ago))
+        store = ModelStore(root, shipped=None)
+        assert not killed.exists() and not orphan_lock.exists()
+        assert recent.exists() and busy.exists()
+    ModelStore(root, shipped=None)  # the lock is free now
+    assert not busy.exists() and recent.exists()
+    store.publish(DRAFT, {"model.onnx": _file(tmp_path, b"x")})  # publishing still works, and cleans up after itself
+    assert sorted(p.name for p in staging.iterdir()) == ["recent"]
