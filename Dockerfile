@@ -61,7 +61,9 @@ COPY --from=uv /uv /usr/local/bin/uv
 COPY --from=wheel /wheels /wheels
 RUN uv python install 3.11 \
  && uv venv --python 3.11 /opt/venv \
- && uv pip install --python /opt/venv/bin/python "$(ls /wheels/emoserve-*.whl)[gpu]" \
+ && uv pip install --python /opt/venv/bin/python "$(ls /wheels/emoserve-*.whl)" \
+ && uv pip uninstall --python /opt/venv/bin/python onnxruntime \
+ && uv pip install --python /opt/venv/bin/python onnxruntime-gpu==1.31.1 \
  && rm -rf /wheels /usr/local/bin/uv
 RUN groupadd --system --gid 10001 emoserve \
  && useradd --system --uid 10001 --gid emoserve --home-dir /home/emoserve --create-home emoserve

@@ -2,23 +2,38 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-MIRROR ?= ../shared/models
 
-.PHONY: setup run test lint typecheck reliability bench bench-peer clean
+# Where pip finds torch for `setup`. Empty: pip's configured index, which on the public PyPI gives
+# the CUDA build of torch 2.13.0 on Linux (several GB); https://download.pytorch.org/whl/cpu gives the
+# CPU wheel (what the training job needs here).
+TORCH_INDEX ?=
+SETUP_MARK := $(VENV)/.installed-dev
+SERVE_MARK := $(VENV)/.installed-serve
 
-setup: $(BIN)/emoserve
+.PHONY: setup serve-setup run test lint typecheck reliability bench bench-peer clean
 
-$(BIN)/emoserve: pyproject.toml
+# Everything: the package (editable) with the train (torch) and dev (pytest, ruff, mypy) extras.
+setup: $(SETUP_MARK)
+
+$(SETUP_MARK): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch is pinned so pip takes the CPU wheel and never resolves a CUDA build
-	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[cpu,train,dev]"
+	# torch first, by itself, so its index is the one chosen here (see TORCH_INDEX)
+	$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[train,dev]"
+	touch $@ $(SERVE_MARK)
+
+# Serving only: the package with the CPU onnxruntime, no torch, no train/dev extras.
+serve-setup: $(SERVE_MARK)
+
+$(SERVE_MARK): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
 	touch $@
 
-# Pull the default detector (from the mirror when present, else its official source), then serve.
-run: setup
-	$(BIN)/emoserve models pull yunet-2023mar $(if $(wildcard $(MIRROR)),--mirror $(MIRROR))
+# The default detector and classifiers ship inside the package: no pull, no network.
+run: serve-setup
 	$(BIN)/emoserve serve
 
 test: setup

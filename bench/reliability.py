@@ -48,6 +48,7 @@ from websockets.exceptions import ConnectionClosed
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.attacks import run_attacks  # noqa: E402
 from model_store import ModelStore  # noqa: E402
 from tests.api_server import Server, free_port, run_server  # noqa: E402
 from tests.helpers.tiny_models import publish_test_models, tiny_models_env  # noqa: E402
@@ -62,6 +63,7 @@ class CaseResult:
     rss_before_mb: float | None = None
     rss_after_mb: float | None = None
     notes: list[str] = field(default_factory=list)
+    peak_rss_mb: float | None = None
 
 
 def rss_mb(pid: int) -> float:
@@ -514,7 +516,7 @@ def main() -> None:
     ap.add_argument("--fuzz", type=int, default=10_000)
     ap.add_argument("--overload-requests", type=int, default=100_000)
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "reliability.md")
-    ap.add_argument("--cases", default="fuzz,overload,redis,sigterm,corrupt", help="comma-separated subset")
+    ap.add_argument("--cases", default="fuzz,overload,redis,sigterm,corrupt,attacks", help="comma-separated subset")
     args = ap.parse_args()
     cases = set(args.cases.split(","))
     if shutil.which("redis-server") is None:
@@ -536,9 +538,12 @@ def main() -> None:
             results.append(case_sigterm(root, work, body))
         if "corrupt" in cases:
             results.append(case_corrupt(root, work, body))
+        if "attacks" in cases:
+            for o in run_attacks(work / "attacks"):
+                results.append(CaseResult(o.case, o.requests, o.failures, notes=o.notes, peak_rss_mb=o.peak_rss_mb))
         took = time.time() - started
     table = Table(title=f"reliability suite ({took:.0f} s)")
-    cols = ("case", "requests", "failures", "p99 ms", "RSS before MB", "RSS after MB", "notes")
+    cols = ("case", "requests", "failures", "p99 ms", "RSS before MB", "RSS after MB", "peak RSS MB", "notes")
     for col in cols:
         table.add_column(col, overflow="fold")
 
@@ -553,6 +558,7 @@ def main() -> None:
             fmt(r.p99_ms),
             fmt(r.rss_before_mb),
             fmt(r.rss_after_mb),
+            fmt(r.peak_rss_mb),
             "; ".join(r.notes),
         ]
         for r in results
@@ -560,15 +566,27 @@ def main() -> None:
     for row in rows:
         table.add_row(*row)
     Console(width=200).print(table)
-    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(r) + " |" for r in rows]
-    args.out.write_text(
-        "# Reliability suite\n\n`.venv/bin/python bench/reliability.py "
-        f"--fuzz {args.fuzz} --overload-requests {args.overload_requests}` ({took:.0f} s, {os.cpu_count()} cores; "
-        "test detector + tiny classifier so that the service itself, not the models, is under test).\n\n"
-        + "\n".join(md)
-        + "\n"
-    )
+    write_table(args.out, cols, rows)
     sys.exit(1 if any(r.failures for r in results) else 0)
+
+
+def write_table(path: Path, cols: tuple[str, ...], rows: list[list[str]]) -> None:
+    """Put `rows` into the results table of `path` (the first markdown table), replacing the rows of the
+    same cases and keeping the others (a run of some cases updates only theirs); the prose stays."""
+    lines = path.read_text().splitlines() if path.exists() else ["# Reliability suite", ""]
+    start = next((i for i, line in enumerate(lines) if line.startswith("| case |")), len(lines))
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    fresh = {r[0] for r in rows}
+    kept = []
+    for line in lines[start + 2 : end]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] not in fresh:
+            kept.append(cells[:-1] + ["-"] * (len(cols) - len(cells)) + cells[-1:])  # older tables lack columns
+    table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    table += ["| " + " | ".join(r) + " |" for r in kept + rows]
+    path.write_text("\n".join(lines[:start] + table + lines[end:]) + "\n")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,19 @@ class CatalogEntry(BaseModel):
     sources: list[Source]
     manifest: dict[str, Any] = Field(default_factory=dict)
 
+    def offline_advice(self) -> str:
+        """The ways to get this model when none of its sources can be reached (ends a failed pull)."""
+        check = f"sha256 {self.sha256}" if self.sha256 else "no sha256 recorded: add --allow-unverified"
+        size = f", {self.size:,} bytes" if self.size else ""
+        return (
+            "ways out:\n"
+            f"  - copy {self.file} ({check}{size}) from a machine that reaches one of the sources into a folder"
+            f" DIR here, then run `emoserve models pull {self.name} --mirror DIR`"
+            " (or set EMOSERVE_MODEL_MIRROR=DIR; any file of that name and sha256 below DIR is found)\n"
+            f"  - or give `emoserve models pull {self.name}` a catalog of your own (EMOSERVE_CATALOG) whose"
+            f" entry has a `file` source naming where {self.file} lies"
+        )
+
 
 class Catalog:
     """The parsed catalog."""

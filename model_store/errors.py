@@ -44,9 +44,11 @@ class ConverterUnavailable(ModelStoreError):
 class PullFailed(ModelStoreError):
     """Every source of a catalog model failed; the message lists each source and why."""
 
-    def __init__(self, name: str, attempts: list[tuple[str, str]]) -> None:
+    def __init__(self, name: str, attempts: list[tuple[str, str]], *, advice: str | None = None) -> None:
         self.name = name
         self.attempts = attempts
         lines = [f"could not pull {name!r}; tried:"]
         lines += [f"  - {source}: {why}" for source, why in attempts] or ["  (no sources)"]
+        if advice:
+            lines.append(advice)
         super().__init__("\n".join(lines))

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from model_store.catalog import Catalog, CatalogEntry, FileSource, NpmSource, PypiSource, Source, UrlSource
 from model_store.converters import get_converter
-from model_store.errors import ConverterUnavailable, ModelStoreError, PullFailed
+from model_store.errors import CatalogError, ConverterUnavailable, ModelStoreError, PullFailed
 from model_store.hashing import sha256_file
 from model_store.manifest import MODEL_FILE, Manifest
 from model_store.store import ModelStore
@@ -88,7 +88,7 @@ def pull(
             except (SourceError, OSError, httpx.HTTPError, subprocess.SubprocessError) as exc:
                 attempts.append((where, str(exc) or type(exc).__name__))
         if fetched is None:
-            raise PullFailed(name, attempts)
+            raise PullFailed(name, attempts, advice=entry.offline_advice())
         path, where = fetched
         source_sha = sha256_file(path)
         onnx_path = path
@@ -117,6 +117,15 @@ def pull(
         manifest = store.publish(draft, {MODEL_FILE: onnx_path})
     _ensure_alias(store, name, alias, manifest.version)
     return PullResult(manifest, where, already_present=False)
+
+
+def missing_model_advice(name: str, catalog_path: Path | None = None) -> str:
+    """What to do about a model the store lacks: pull it (with the offline ways out) or publish it."""
+    try:
+        entry = (Catalog.load(catalog_path) if catalog_path else Catalog.load()).get(name)
+    except CatalogError:
+        return f"{name!r} is not in the catalog: publish it with `emoserve models publish`"
+    return f"pull it with `emoserve models pull {name}`; " + entry.offline_advice()
 
 
 def _ensure_alias(store: ModelStore, name: str, alias: str | None, version: int) -> None:
@@ -294,4 +303,4 @@ def _extract_tar_member(archive: Path, member: str, target: Path, limit: int) ->
     return target
 
 
-__all__ = ["ModelStoreError", "PullResult", "SourceError", "pull"]
+__all__ = ["ModelStoreError", "PullResult", "SourceError", "missing_model_advice", "pull"]

@@ -44,6 +44,14 @@ class UnsupportedMediaType(EmoserveError):
     """A content type the service does not decode."""
 
 
+class PayloadTooLarge(EmoserveError):
+    """A request body over the byte limit."""
+
+
+class BodyTimeout(EmoserveError):
+    """The client did not send its whole request body in time."""
+
+
 class InvalidOptions(EmoserveError):
     """Request options out of range or of the wrong type."""
 
@@ -106,6 +114,8 @@ ERROR_TABLE: list[tuple[type[BaseException], ErrorSpec]] = [
     (ImageTooLarge, ErrorSpec("image_too_large", 413, 1009, 2)),
     (TooManyImages, ErrorSpec("too_many_images", 413, 1008, 2)),
     (UnsupportedMediaType, ErrorSpec("unsupported_media_type", 415, 1003, 2)),
+    (PayloadTooLarge, ErrorSpec("payload_too_large", 413, 1009, 2)),
+    (BodyTimeout, ErrorSpec("body_timeout", 408, 1008, 2)),
     (InvalidOptions, ErrorSpec("invalid_options", 422, 1008, 2)),
     (Unauthorized, ErrorSpec("unauthorized", 401, 1008, 2)),
     (Forbidden, ErrorSpec("forbidden", 403, 1008, 2)),

@@ -43,7 +43,8 @@ class Settings(BaseSettings):
     # -- runtime -------------------------------------------------------------------------------
     providers: list[Provider] = Field(
         default_factory=default_providers,
-        description="onnxruntime execution providers in order of preference; unavailable ones are skipped.",
+        description="onnxruntime execution providers in order of preference; unavailable ones are skipped "
+        "(set explicitly with a GPU provider, a start without one logs a warning).",
     )
     require_gpu: bool = Field(False, description="Fail at load when no GPU provider is really in use.")
     intra_op_threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads (0 = cores / workers).")
@@ -69,8 +70,17 @@ class Settings(BaseSettings):
     max_inflight: int = Field(
         64, ge=1, le=100_000, description="Analyses in flight per worker before 503 + Retry-After (admission)."
     )
+    body_timeout_s: float = Field(
+        15.0, gt=0.0, le=600.0, description="Time a client has to send its whole request body (then 408)."
+    )
+    max_buffered_body_bytes: int = Field(
+        128 * 1024 * 1024, ge=1024, description="Bytes of request bodies read at once per worker (then 503)."
+    )
     batch_limit: int = Field(32, ge=1, le=1000, description="Most images in one `/v1/analyze/batch` request.")
     request_timeout_s: float = Field(30.0, gt=0.0, le=600.0, description="Per-request time limit.")
+    shutdown_grace_s: float | None = Field(
+        None, gt=0.0, le=3600.0, description="Time in-flight requests get on SIGTERM (default: request timeout + 5 s)."
+    )
     cors_origins: list[str] = Field(default_factory=list, description="CORS allowlist (JSON list).")
     api_keys: list[str] = Field(
         default_factory=list, description="Client API keys as `sha256:<hex>` (or plain, hashed at start)."
@@ -94,7 +104,14 @@ class Settings(BaseSettings):
         10, ge=0, le=10_000, description="Frames a face track may go undetected before it expires."
     )
     ws_auth_timeout_s: float = Field(
-        10.0, gt=0.0, le=600.0, description="How long a stream without a key in the URL waits for its `auth` message."
+        10.0, gt=0.0, le=600.0, description="How long a stream without a key header waits for its `auth` message."
+    )
+    ws_max_streams: int = Field(
+        64, ge=1, le=100_000, description="Open streams per worker; one more is closed with 1013 (retry later)."
+    )
+    ws_allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed to open streams, e.g. https://app.example (JSON list; [] = any).",
     )
 
     # -- Redis ---------------------------------------------------------------------------------

@@ -398,6 +398,11 @@ def test_api_keys_and_admin_scope(model_root: Path, tmp_path: Path) -> None:
         bad_version = c.put(
             "/v1/models/tiny-emotion/aliases/staging", json={"version": "x"}, headers={"X-API-Key": "admin-key"}
         )
+        in_url = c.post("/v1/analyze?api_key=client-key", content=jpeg(), headers={"content-type": "image/jpeg"})
+        time.sleep(0.2)
+        log = s.logs()
+    assert in_url.status_code == 401 and "URL" in in_url.json()["error"]["message"]
+    assert "client-key" not in log and "api_key=[redacted]" in log  # the access log never shows a key
     assert (no_key.status_code, bad_key.status_code, ok.status_code) == (401, 401, 200)
     assert forbidden.status_code == 403 and admin.status_code == 200
     assert bad_version.status_code == 422

@@ -105,6 +105,31 @@ def test_api_keys_scopes_and_hashing() -> None:
     assert open_ring.authenticate(None, "9.9.9.9").id == "addr:9.9.9.9"
     with pytest.raises(Forbidden):
         open_ring.authenticate(None, "9.9.9.9", "admin")
+    admin_only = KeyRing([], ["admin-secret"])  # protects the admin endpoints, never locks clients out
+    assert admin_only.authenticate(None, "9.9.9.9").id == "addr:9.9.9.9"
+    assert admin_only.authenticate("admin-secret", "9.9.9.9").scopes == {"client", "admin"}
+    with pytest.raises(Unauthorized):
+        admin_only.authenticate(None, "9.9.9.9", "admin")
+
+
+def test_an_open_server_on_a_public_address_warns(caplog: pytest.LogCaptureFixture) -> None:
+    from service.api.app import warn_if_open
+    from service.settings import get_settings
+
+    with caplog.at_level("WARNING", logger="emoserve"):
+        warn_if_open(get_settings(host="127.0.0.1"))
+        warn_if_open(get_settings(host="0.0.0.0", api_keys=["k"]))
+        assert not caplog.records
+        warn_if_open(get_settings(host="0.0.0.0"))
+    assert "no EMOSERVE_API_KEYS" in caplog.text
+
+
+def test_the_shutdown_grace_covers_the_request_timeout() -> None:
+    from service.cli.serve import grace_period
+    from service.settings import get_settings
+
+    assert grace_period(get_settings(request_timeout_s=30)) == 35
+    assert grace_period(get_settings(request_timeout_s=30, shutdown_grace_s=60)) == 60
 
 
 def _valid_result(models: dict[str, list[Any]]) -> dict[str, Any]:

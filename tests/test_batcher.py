@@ -41,14 +41,26 @@ def test_many_callers_each_get_their_own_result() -> None:
     assert sum(b.batch_sizes) == sum(i % 3 + 1 for i in range(200))
 
 
-def test_oversized_item_runs_alone() -> None:
+def test_oversized_item_runs_in_chunks_of_max_batch() -> None:
+    seen: list[int] = []
+
+    def run(items: list[np.ndarray]) -> list[np.ndarray]:
+        seen.append(sum(len(i) for i in items))
+        return _square_rows(items)
+
     async def main() -> None:
-        b = DynamicBatcher(_square_rows, max_batch=4, max_delay_ms=1, size_of=len)
-        r = await b.submit(np.ones((10, 1)) * 3)
-        assert r.shape == (10, 1) and np.all(r == 9)
+        chunks = lambda a, n: [a[i : i + n] for i in range(0, len(a), n)]  # noqa: E731
+        b = DynamicBatcher(run, max_batch=4, max_delay_ms=1, size_of=len, split=chunks, join=np.concatenate)
+        item = np.arange(10.0).reshape(10, 1)
+        r = await b.submit(item)
+        assert r.shape == (10, 1) and np.array_equal(r, item**2)
         await b.aclose()
+        unsplittable = DynamicBatcher(run, max_batch=4, max_delay_ms=1, size_of=len)
+        with pytest.raises(ValueError, match="over max_batch=4"):
+            await unsplittable.submit(item)
 
     asyncio.run(main())
+    assert seen and max(seen) <= 4 and sum(seen) == 10
 
 
 def test_full_queue_raises_overloaded() -> None:

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from service.errors import ImageTooLarge, InvalidImage
+from service.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
 from service.pipeline.decode import decode_image, header_size
 
 
@@ -125,3 +125,29 @@ def test_header_size_of_common_formats(ext: str) -> None:
     data = _encode(ext, _half_white(30, 70))
     assert header_size(data) == (70, 30)
     assert decode_image(data).shape == (30, 70, 3)
+
+
+@pytest.mark.parametrize(
+    ("ext", "name"),
+    [(".jp2", "JPEG 2000"), (".tiff", "TIFF"), (".hdr", "Radiance HDR"), (".ppm", "PNM"), (".pgm", "PNM")],
+)
+def test_formats_without_a_header_check_are_refused_unread(ext: str, name: str) -> None:
+    """OpenCV decodes these, but the service cannot check their size first: a tiny file may declare a
+    huge image (an 829-byte 8000x8000 JPEG 2000 once took 713 MB before its 413)."""
+    if ext == ".jp2":  # the JP2 signature box and a file-type box declaring 8000x8000 (no encoder needed)
+        ihdr = struct.pack(">II", 8000, 8000) + b"\x00\x03\x07\x07\x00\x00"
+        data = b"\x00\x00\x00\x0cjP  \r\n\x87\n" + struct.pack(">I", 22) + b"ihdr" + ihdr
+    else:
+        img: np.ndarray = np.full((16, 24, 3), 128, np.uint8)
+        img = img.astype(np.float32) if ext == ".hdr" else img[:, :, 0] if ext == ".pgm" else img
+        ok, buf = cv2.imencode(ext, img)
+        assert ok, ext
+        data = bytes(buf.tobytes())
+    with pytest.raises(UnsupportedMediaType, match=name) as info:
+        decode_image(data)
+    assert "send JPEG, PNG, WebP, GIF or BMP" in str(info.value)
+
+
+def test_a_supported_signature_with_an_unreadable_header_is_refused_before_decode() -> None:
+    with pytest.raises(InvalidImage, match="width and height cannot be read"):
+        decode_image(b"RIFF\x00\x00\x00\x00WEBPVP8Z" + bytes(64))

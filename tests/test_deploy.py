@@ -102,7 +102,9 @@ def test_dockerfile_structure() -> None:
     cpu_path = " ".join(stages["wheel"] + stages["venv-cpu"] + stages["models"] + stages["cpu"])
     assert "torch" not in cpu_path.replace('"import torch"', "").replace("torch must not", "")
     assert "[cpu]" in " ".join(stages["venv-cpu"]) and "train" not in " ".join(stages["venv-cpu"])
-    assert "[gpu]" in " ".join(stages["gpu"]) and "torch" not in " ".join(stages["gpu"])
+    gpu = " ".join(stages["gpu"])  # the base dependencies' onnxruntime is replaced, never beside onnxruntime-gpu
+    assert gpu.index("uninstall --python /opt/venv/bin/python onnxruntime") < gpu.index("onnxruntime-gpu==")
+    assert "torch" not in gpu
     assert "emoserve models pull" in " ".join(stages["models"]) and "--mirror /mirror" in " ".join(stages["models"])
     for name in ("cpu", "gpu"):
         body = " ".join(stages[name])

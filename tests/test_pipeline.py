@@ -197,3 +197,23 @@ def test_detector_max_side_setting_reaches_the_detector(store: ModelStore, tmp_p
         assert all(f.box.x2 <= 2048 and f.box.y2 <= 1536 for f in result.faces)
         counts[side] = len(result.faces)
     assert counts[2048] > counts[640], counts
+
+
+@pytest.mark.shared
+def test_server_max_faces_is_a_ceiling_and_batches_stay_bounded(store: ModelStore, tmp_path: Path) -> None:
+    """threshold=0 with max_faces=1000 once gave 1,000 "faces" in one onnxruntime batch (4 GB held)."""
+    det = publish_yunet(store, shared_path("models", "detectors", "yunet", "face_detection_yunet_2023mar.onnx"))
+    clf = publish_tiny_classifier(store, tmp_path)
+    data = shared_path("media", "photos", "obama.jpg").read_bytes()
+    pipe = Pipeline.load(_settings(tmp_path, max_faces=12, max_batch=5), store=store, detector_ref=det.ref,
+                         classifier_ref=clf.ref)  # fmt: skip
+
+    async def main() -> list[AnalysisResult]:
+        try:
+            return [await pipe.analyze(data, {"threshold": 0.0, "max_faces": n}) for n in (1000, 2)]
+        finally:
+            await pipe.aclose()
+
+    many, fewer = asyncio.run(main())
+    assert len(many.faces) == 12 and len(fewer.faces) == 2
+    assert max(pipe.classifier.batcher.batch_sizes) <= 5

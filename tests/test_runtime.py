@@ -38,9 +38,41 @@ def test_cuda_request_falls_back_to_cpu_and_says_so(
     assert session.provider == "CPUExecutionProvider"
     assert session.get_providers() == ["CPUExecutionProvider"]
     assert session.device == "cpu"
-    assert any("CPUExecutionProvider" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "GPU provider was requested" in warnings[0] and "CPUExecutionProvider" in warnings[0]
     assert pool.load(model) is session  # one session per (name, version, device)
     pool.close()
+
+
+def test_default_providers_start_quietly_with_one_info_line(
+    store: ModelStore, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default list names CUDA first, but that is no request: a CPU start logs one info line, no warning."""
+    monkeypatch.delenv("EMOSERVE_PROVIDERS", raising=False)
+    monkeypatch.delenv("EMOSERVE_REQUIRE_GPU", raising=False)
+    one = publish_tiny_classifier(store, tmp_path)
+    two = publish_tiny_classifier(store, tmp_path, name="tiny-other")
+    pool = SessionPool(get_settings(model_root=tmp_path))
+    with caplog.at_level(logging.INFO, logger="emoserve.runtime"):
+        provider = pool.load(one).provider
+        pool.load(two)
+    pool.close()
+    records = [r for r in caplog.records if r.name == "emoserve.runtime"]
+    assert [r.levelno for r in records if r.levelno >= logging.WARNING] == []
+    assert [r.getMessage() for r in records] == [f"models run on {provider}"]
+
+
+def test_explicit_cpu_provider_is_no_gpu_request(
+    store: ModelStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = publish_tiny_classifier(store, tmp_path)
+    pool = SessionPool(get_settings(model_root=tmp_path, providers=["CPUExecutionProvider"]))
+    with caplog.at_level(logging.INFO, logger="emoserve.runtime"):
+        pool.load(model)
+    pool.close()
+    assert [r.getMessage() for r in caplog.records if r.name == "emoserve.runtime"] == [
+        "models run on CPUExecutionProvider"
+    ]
 
 
 def test_require_gpu_without_gpu_fails_loudly(store: ModelStore, tmp_path: Path) -> None:

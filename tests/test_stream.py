@@ -250,17 +250,77 @@ def test_auth_failure_closes_with_1008(keyed_server: Server, how: str) -> None:
     assert run(go()) == 1008
 
 
-@pytest.mark.parametrize("how", ["query", "message"])
+@pytest.mark.parametrize("how", ["header", "message"])
 def test_auth_success(keyed_server: Server, how: str) -> None:
     async def go() -> dict[str, Any]:
-        query = "?api_key=s3cret" if how == "query" else ""
-        async with connect(ws_url(keyed_server, query), compression=None) as ws:
+        headers = {"Authorization": "Bearer s3cret"} if how == "header" else {}
+        async with connect(ws_url(keyed_server), additional_headers=headers, compression=None) as ws:
             if how == "message":
                 await ws.send(json.dumps({"type": "auth", "api_key": "s3cret"}))
             await ws.send(frame(0))
             return await next_of(ws, "result")
 
     assert len(run(go())["faces"]) == 1
+
+
+def test_a_key_in_the_url_is_refused_and_never_logged(keyed_server: Server) -> None:
+    async def go() -> tuple[int | None, str]:
+        async with connect(ws_url(keyed_server, "?api_key=s3cret"), compression=None) as ws:
+            with pytest.raises(ConnectionClosed) as info:
+                await recv_json(ws)
+            rcvd = info.value.rcvd
+            return (rcvd.code, rcvd.reason) if rcvd else (None, "")
+
+    code, reason = run(go())
+    assert code == 1008 and "URL" in reason
+    time.sleep(0.2)
+    assert "s3cret" not in keyed_server.logs() and "api_key=[redacted]" in keyed_server.logs()
+
+
+@pytest.fixture(scope="module")
+def guarded_server(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    extra = {"EMOSERVE_WS_MAX_STREAMS": "2", "EMOSERVE_WS_ALLOWED_ORIGINS": '["https://app.example"]'}
+    with run_server(env(model_root, **extra), tmp_path_factory.mktemp("guarded-logs")) as s:
+        yield s
+
+
+def test_origins_outside_the_allowlist_are_refused(guarded_server: Server) -> None:
+    async def go(origin: str | None) -> int | None:
+        headers = {"Origin": origin} if origin else {}
+        async with connect(ws_url(guarded_server), additional_headers=headers, compression=None) as ws:
+            try:
+                await ws.send(frame(0))
+                await next_of(ws, "result")
+            except ConnectionClosed as exc:
+                return exc.rcvd.code if exc.rcvd else None
+            return None
+
+    assert run(go("http://evil.example")) == 1008
+    assert run(go("https://app.example")) is None
+    assert run(go(None)) is None  # not a browser: no Origin header
+
+
+def test_streams_over_the_cap_close_with_1013_and_the_open_ones_go_on(guarded_server: Server) -> None:
+    async def go() -> tuple[int | None, list[int]]:
+        async with (
+            connect(ws_url(guarded_server), compression=None) as a,
+            connect(ws_url(guarded_server), compression=None) as b,
+        ):
+            for ws in (a, b):  # both are open and served
+                await ws.send(frame(0))
+                await next_of(ws, "result")
+            async with connect(ws_url(guarded_server), compression=None) as c:
+                with pytest.raises(ConnectionClosed) as info:
+                    await recv_json(c)
+                third = info.value.rcvd.code if info.value.rcvd else None
+            served = []
+            for ws in (a, b):
+                await ws.send(frame(1))
+                served.append(len((await next_of(ws, "result"))["faces"]))
+            return third, served
+
+    third, served = run(go())
+    assert third == 1013 and served == [1, 1]
 
 
 def test_sigterm_closes_open_streams_with_1001(model_root: Path, tmp_path: Path) -> None:

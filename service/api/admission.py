@@ -1,14 +1,16 @@
 """Admission control: at most `limit` analyses in flight per worker. Past that, a request is
-refused with 503 + Retry-After by a raw ASGI middleware before its body is read or routed, so a
-refusal costs almost nothing and admitted requests keep their latency under overload."""
+refused with 503 + Retry-After by a raw ASGI middleware before it is routed, so a refusal costs
+almost nothing and admitted requests keep their latency under overload. It sits inside the body
+middleware: a slot is taken only once the whole body has arrived, so a client that sends nothing
+cannot hold one."""
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.asgi_errors import send_error
 from service.api.metrics import Metrics
+from service.errors import Overloaded
 
 GUARDED_PREFIXES = ("/v1/analyze", "/v1/annotate")
 
@@ -34,20 +36,7 @@ class AdmissionMiddleware:
             self.inflight -= 1
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        self.metrics.requests.labels(endpoint=scope["path"], code="503").inc()
-        body = json.dumps(
-            {
-                "error": {
-                    "code": "overloaded",
-                    "message": f"server busy: {self.inflight} analyses in flight (limit {self.limit}); retry shortly",
-                    "detail": {"inflight": self.inflight, "limit": self.limit},
-                }
-            }
-        ).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", b"1"),
-        ]
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        prefix = next(p for p in GUARDED_PREFIXES if scope["path"].startswith(p))  # a bounded label
+        self.metrics.requests.labels(endpoint=prefix, code="503").inc()
+        message = f"server busy: {self.inflight} analyses in flight (limit {self.limit}); retry shortly"
+        await send_error(send, Overloaded(message, 1.0, {"inflight": self.inflight, "limit": self.limit}))

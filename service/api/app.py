@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 from collections.abc import AsyncIterator
@@ -11,8 +12,18 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from model_store import ModelStore
+from model_store.pull import missing_model_advice
 from service import __version__
-from service.api import error_handlers, routes_analyze, routes_health, routes_models, routes_stream, stream_demo
+from service.api import (
+    docs,
+    error_handlers,
+    log_scrub,
+    routes_analyze,
+    routes_health,
+    routes_models,
+    routes_stream,
+    stream_demo,
+)
 from service.api.admission import AdmissionMiddleware
 from service.api.auth import KeyRing
 from service.api.body_limit import BodyLimitMiddleware
@@ -39,6 +50,17 @@ def run_plugins(plugins: list[str]) -> None:
         getattr(importlib.import_module(module), attr or "register")()
 
 
+def warn_if_open(settings: Settings) -> None:
+    """A server reachable from other machines with no client keys says so at start-up."""
+    loopback = settings.host in ("localhost", "::1") or settings.host.startswith("127.")
+    if not loopback and not settings.api_keys:
+        log.warning(
+            "serving on %s with no EMOSERVE_API_KEYS: anyone who can reach the port may use the API "
+            "(set EMOSERVE_API_KEYS, see README 'API keys')",
+            settings.host,
+        )
+
+
 def create_app(settings: Settings | None = None, *, metrics: Metrics | None = None) -> FastAPI:
     """Build the app; nothing is loaded until the lifespan starts."""
     settings = settings or get_settings()
@@ -47,13 +69,16 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        log_scrub.install()
+        warn_if_open(settings)
         run_plugins(settings.plugins)
         redis = RedisLink(settings.redis_url, metrics) if settings.redis_url else None
         if redis is None:
             log.info("EMOSERVE_REDIS_URL is unset: result cache, rate limits and model events are in-process")
         store = ModelStore(settings.model_root)
         factory, closer = build_pipeline_factory(settings, store, metrics)
-        manager = ModelManager(store, factory, settings.detector, settings.classifier)
+        advice = functools.partial(missing_model_advice, catalog_path=settings.catalog)
+        manager = ModelManager(store, factory, settings.detector, settings.classifier, advice=advice)
         manager.on_swap.append(metrics.set_models)
         try:
             await manager.reload()
@@ -90,7 +115,12 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
         version=__version__,
         description="Real-time facial emotion recognition: every face in an image and the emotion it shows.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from service.api.docs, with assets served locally
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the online validator
     )
+    docs.install(app)
     error_handlers.install(app)
     app.include_router(routes_health.router)
     app.include_router(routes_analyze.router)
@@ -106,6 +136,11 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
             allow_methods=["GET", "POST", "PUT"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
         )
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(AdmissionMiddleware, limit=settings.max_inflight, metrics=metrics)  # outermost: cheapest
+    app.add_middleware(AdmissionMiddleware, limit=settings.max_inflight, metrics=metrics)
+    app.add_middleware(  # outermost: bodies are complete before admission counts them
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        max_buffered_bytes=settings.max_buffered_body_bytes,
+    )
     return app

@@ -29,21 +29,27 @@ class Principal:
 
 
 class KeyRing:
-    """Client and admin keys (admin keys may do everything clients may). No keys = auth off."""
+    """Client and admin keys (admin keys may do everything clients may).
+
+    Client endpoints need a key only when client keys are configured; admin endpoints only when admin
+    keys are (else they are refused). Admin keys alone therefore protect the admin endpoints without
+    locking clients out."""
 
     def __init__(self, client_keys: list[str], admin_keys: list[str]) -> None:
         self._client = [_normalise(k) for k in client_keys]
         self._admin = [_normalise(k) for k in admin_keys]
 
     @property
-    def enabled(self) -> bool:
-        return bool(self._client or self._admin)
+    def clients_need_key(self) -> bool:
+        return bool(self._client)
 
     def authenticate(self, presented: str | None, client_addr: str, required: Scope = "client") -> Principal:
         """Return the caller; raise Unauthorized (no/unknown key) or Forbidden (missing scope)."""
-        if not self.enabled:
-            if required == "admin":
-                raise Forbidden("admin endpoints need EMOSERVE_ADMIN_KEYS to be configured")
+        if required == "admin" and not self._admin:
+            raise Forbidden("admin endpoints need EMOSERVE_ADMIN_KEYS to be configured")
+        if required == "client" and not self._client:  # open to clients; an admin key still identifies
+            if presented and any(hmac.compare_digest(hash_key(presented), k) for k in self._admin):
+                return Principal(id=f"key:{hash_key(presented)[7:23]}", scopes=frozenset({"client", "admin"}))
             return Principal(id=f"addr:{client_addr}", scopes=frozenset({"client"}))
         if not presented:
             raise Unauthorized("an API key is required: send it as `Authorization: Bearer <key>` or `X-API-Key`")

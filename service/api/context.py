@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -14,7 +15,10 @@ from service.api.metrics import Metrics
 from service.api.model_manager import ModelManager
 from service.api.ratelimit import RateLimiter
 from service.api.redis_link import RedisLink
+from service.errors import Unauthorized
 from service.settings import Settings
+
+KEY_IN_URL = "API keys in the URL are refused (URLs end up in logs): send `Authorization: Bearer <key>` or `X-API-Key`"
 
 
 @dataclass
@@ -35,11 +39,18 @@ def context(request: Request) -> ServiceContext:
     return ctx
 
 
-def presented_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
+def header_key(headers: Mapping[str, str]) -> str | None:
+    """The key of `Authorization: Bearer` or `X-API-Key`; keys are never read from the URL."""
+    auth = headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
         return auth[7:].strip() or None
-    return request.headers.get("x-api-key") or request.query_params.get("api_key")
+    return headers.get("x-api-key") or None
+
+
+def presented_key(request: Request) -> str | None:
+    if "api_key" in request.query_params:
+        raise Unauthorized(KEY_IN_URL)
+    return header_key(request.headers)
 
 
 async def authorize(request: Request, scope: Scope = "client") -> Principal:

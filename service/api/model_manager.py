@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from model_store import ModelStore
+from model_store import AliasNotFound, ModelNotFound, ModelStore
+from model_store.names import parse_ref
 from service.errors import ModelLoadFailed, ModelNotReady
 
 log = logging.getLogger("emoserve.models")
@@ -45,8 +46,17 @@ class _Slot:
 class ModelManager:
     """Current pipeline + hot reload. `refs` are the settings' detector/classifier references."""
 
-    def __init__(self, store: ModelStore, factory: PipelineFactory, detector_ref: str, classifier_ref: str) -> None:
+    def __init__(
+        self,
+        store: ModelStore,
+        factory: PipelineFactory,
+        detector_ref: str,
+        classifier_ref: str,
+        *,
+        advice: Callable[[str], str] | None = None,
+    ) -> None:
         self.store = store
+        self.advice = advice  # name -> what to do when the store lacks that model (said by /readyz)
         self.factory = factory
         self.refs = {"detector": detector_ref, "classifier": classifier_ref}
         self._slot: _Slot | None = None
@@ -63,7 +73,17 @@ class ModelManager:
 
     def _resolved(self) -> dict[str, str]:
         """The refs pinned to versions as the store says now (aliases resolved)."""
-        return {role: str(self.store.resolve_version(ref)) for role, ref in self.refs.items()}
+        pinned = {}
+        for role, ref in self.refs.items():
+            try:
+                pinned[role] = str(self.store.resolve_version(ref))
+            except AliasNotFound:
+                raise
+            except ModelNotFound as exc:
+                if self.advice is None:
+                    raise
+                raise ModelNotFound(f"{role} {ref}: {exc}; {self.advice(parse_ref(ref).name)}") from exc
+        return pinned
 
     async def reload(self, *, force: bool = False) -> bool:
         """Load the versions the refs point at now; returns True when a swap happened."""

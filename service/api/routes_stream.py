@@ -19,10 +19,11 @@ async def stream(websocket: WebSocket) -> None:
     session = StreamSession(websocket, ctx)
     if hub.closing:
         session.going_away()
+    open_streams = len(hub)
     hub.add(session)
     ctx.metrics.ws_connections.inc()
     try:
-        await session.run()
+        await session.run(open_streams)
     finally:
         ctx.metrics.ws_connections.dec()
         hub.discard(session)

@@ -20,13 +20,15 @@ from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from service.api.auth import Principal
-from service.api.context import ServiceContext
+from service.api.context import ServiceContext, header_key
 from service.api.stream_slot import FrameSlot, PendingFrame
 from service.errors import (
     EmoserveError,
+    Forbidden,
     ImageTooLarge,
     InvalidImage,
     InvalidOptions,
+    Overloaded,
     RequestTimeout,
     ShuttingDown,
     Unauthorized,
@@ -59,13 +61,6 @@ class _ClientGone(Exception):
     """The client closed the connection."""
 
 
-def _ws_key(ws: WebSocket) -> str | None:
-    auth = ws.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip() or None
-    return ws.headers.get("x-api-key") or ws.query_params.get("api_key")
-
-
 class StreamSession:
     """State and loops of one stream connection."""
 
@@ -90,10 +85,12 @@ class StreamSession:
             self.close_exc = ShuttingDown("server shutting down")
         self.stop.set()
 
-    async def run(self) -> None:
-        """Serve the connection until the client leaves, an error closes it, or the server stops."""
+    async def run(self, open_streams: int = 0) -> None:
+        """Serve the connection until the client leaves, an error closes it, or the server stops.
+        `open_streams`: the worker's other open streams (for the global cap)."""
         await self.ws.accept()
         try:
+            self._admit(open_streams)
             await self._authenticate()
         except _ClientGone:
             return
@@ -128,14 +125,25 @@ class StreamSession:
             if self.ws.application_state != WebSocketState.DISCONNECTED:
                 await self.ws.close(code=spec.ws_close, reason=reason)
 
+    def _admit(self, open_streams: int) -> None:
+        """Refuse a browser page from an origin not allowed (1008) and streams over the cap (1013)."""
+        s = self.ctx.settings
+        origin = self.ws.headers.get("origin")
+        if s.ws_allowed_origins and origin is not None and origin not in s.ws_allowed_origins:
+            raise Forbidden(f"origin {origin[:60]} is not allowed to open streams")
+        if open_streams >= s.ws_max_streams:
+            raise Overloaded(f"{open_streams} streams open (limit {s.ws_max_streams}); retry later", retry_after_s=5)
+
     async def _authenticate(self) -> Principal:
         ctx = self.ctx
-        key = _ws_key(self.ws)
-        if ctx.keys.enabled and not key:
+        if "api_key" in self.ws.query_params:
+            raise Unauthorized('API keys in the URL are refused: send {"type": "auth", "api_key": ...} first')
+        key = header_key(self.ws.headers)
+        if ctx.keys.clients_need_key and not key:
             try:
                 text = await asyncio.wait_for(self._receive_text(), ctx.settings.ws_auth_timeout_s)
             except TimeoutError:
-                raise Unauthorized('no API key: pass ?api_key= or send {"type": "auth", ...} first') from None
+                raise Unauthorized('no API key: send {"type": "auth", "api_key": ...} first') from None
             try:
                 message = parse_control(text) if text is not None else None
             except InvalidOptions:
@@ -176,8 +184,12 @@ class StreamSession:
             exc = ImageTooLarge(f"frame of {len(data)} bytes is over the limit of {limit}", detail={"limit": limit})
             waiting = 1 if self.slot.take() is not None else 0
             await self._send(
-                StreamError(code=spec_for(exc).code, message=str(exc), frame_id=frame_id,
-                            dropped_since_last=self.dropped + waiting)  # fmt: skip
+                StreamError(
+                    code=spec_for(exc).code,
+                    message=str(exc),
+                    frame_id=frame_id,
+                    dropped_since_last=self.dropped + waiting,
+                )
             )
             raise exc
         if self.slot.put(PendingFrame(data, frame_id, ts, time.perf_counter())):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -11,6 +12,13 @@ from typing import Annotated
 import typer
 
 from service.cli.common import handle_errors, load_settings
+from service.settings import Settings
+
+
+def grace_period(settings: Settings) -> int:
+    """Seconds uvicorn waits for in-flight requests on SIGTERM: long enough for any request to finish
+    or time out by itself (a request cut by the shutdown would answer 500)."""
+    return math.ceil(settings.shutdown_grace_s or settings.request_timeout_s + 5.0)
 
 
 def serve(
@@ -37,7 +45,7 @@ def serve(
             workers=settings.workers,
             log_level=settings.log_level.lower(),
             ws_per_message_deflate=False,
-            timeout_graceful_shutdown=10,
+            timeout_graceful_shutdown=grace_period(settings),
         )
     finally:
         if metrics_dir is not None:

@@ -120,7 +120,8 @@ class Pipeline:
         threshold = opts.threshold if opts.threshold is not None else self.settings.detector_threshold
         found = self.detector.detect(bgr, threshold)  # resizes to detector_max_side, maps boxes back
         min_size = opts.min_face_size if opts.min_face_size is not None else self.settings.min_face_size
-        max_faces = opts.max_faces if opts.max_faces is not None else self.settings.max_faces
+        ceiling = self.settings.max_faces  # a client may ask for fewer faces, never for more
+        max_faces = min(opts.max_faces, ceiling) if opts.max_faces is not None else ceiling
         found = [f for f in found if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= min_size]
         found.sort(key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), reverse=True)
         return found[:max_faces]

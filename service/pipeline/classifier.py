@@ -61,6 +61,8 @@ class EmotionClassifier:
             max_delay_ms=settings.max_delay_ms,
             queue_size=settings.queue_size,
             size_of=len,
+            split=lambda faces, n: [faces[i : i + n] for i in range(0, len(faces), n)],
+            join=np.concatenate,
             executor=session.executor,
             name=f"classifier {model.ref}",
         )
@@ -96,11 +98,14 @@ class EmotionClassifier:
         return list(np.split(probs, np.cumsum(sizes)[:-1]))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Synchronous: a preprocessed batch (N, ...) -> probabilities (N, labels)."""
+        """Synchronous: a preprocessed batch (N, ...) -> probabilities (N, labels), in model calls of at
+        most `max_batch` faces."""
         if len(batch) == 0:
             return np.zeros((0, len(self.labels)))
-        (raw,) = self.session.run([self.output_name], {self.session.input_names[0]: batch})
-        return self.postprocess(raw)
+        step = self.batcher.max_batch
+        feed = self.session.input_names[0]
+        raw = [self.session.run([self.output_name], {feed: batch[i : i + step]})[0] for i in range(0, len(batch), step)]
+        return self.postprocess(np.concatenate(raw))
 
     async def classify(self, batch: np.ndarray) -> Timed[np.ndarray]:
         """Probabilities of one image's faces, batched with other callers; with queue/run times."""

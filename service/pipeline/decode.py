@@ -1,18 +1,36 @@
 """Image bytes -> BGR uint8 (H, W, 3), with the pixel limit checked from the header first.
 
-The width and height of PNG, JPEG, GIF, BMP and WebP are read from their headers before anything is
-decoded, so a tiny file declaring a huge image is refused without allocating it. JPEG EXIF
-orientation is applied (OpenCV's IMREAD_COLOR does it); grey becomes 3 channels; alpha is
-composited over white; 16-bit and float images are scaled to 8 bits.
+Only the formats the service supports are decoded: PNG, JPEG, GIF, BMP and WebP, identified by their
+magic bytes (never by the Content-Type or by whatever OpenCV would accept). Their width and height are
+read from the header before anything is decoded, so a tiny file declaring a huge image is refused
+without allocating it; other formats OpenCV could read (JPEG 2000, TIFF, HDR, PNM, EXR...) are refused
+unread. OpenCV's own pixel cap (`OPENCV_IO_MAX_IMAGE_PIXELS`) is set to the same limit as a second
+fence. JPEG EXIF orientation is applied (OpenCV's IMREAD_COLOR does it); grey becomes 3 channels;
+alpha is composited over white; 16-bit and float images are scaled to 8 bits.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 
 import numpy as np
 
-from service.errors import ImageTooLarge, InvalidImage
+from service.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
+
+SUPPORTED = "JPEG, PNG, WebP, GIF or BMP"
+# formats OpenCV can decode that the service does not accept (no header check guards them)
+_REFUSED_MAGIC = (
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"\xffO\xffQ", "JPEG 2000"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"#?RADIANCE", "Radiance HDR"),
+    (b"#?RGBE", "Radiance HDR"),
+    (b"v/1\x01", "OpenEXR"),
+    (b"\x59\xa6\x6a\x95", "Sun raster"),
+    (b"8BPS", "Photoshop"),
+)
 
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -92,6 +110,23 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def refused_format(data: bytes) -> str | None:
+    """The name of a known image format the service refuses, or None."""
+    for magic, name in _REFUSED_MAGIC:
+        if data.startswith(magic):
+            return name
+    if len(data) > 2 and data[0:1] == b"P" and data[1:2] in b"1234567fF" and data[2:3].isspace():
+        return "PNM/PFM"
+    if data[4:8] == b"ftyp":
+        return "HEIF/AVIF"
+    return None
+
+
+def _fence_opencv(max_pixels: int) -> None:
+    """Cap OpenCV's own decoder at `max_pixels` (read once by OpenCV, at its first decode)."""
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(max_pixels))
+
+
 def check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ImageTooLarge(
@@ -131,11 +166,18 @@ def decode_image(data: bytes | bytearray | memoryview, max_pixels: int = 40_000_
     if not data:
         raise InvalidImage("the image is empty (0 bytes)")
     fmt = sniff_format(data)
+    if fmt is None:
+        other = refused_format(data)
+        if other is not None:
+            raise UnsupportedMediaType(f"{other} images are not supported; send {SUPPORTED}")
+        raise InvalidImage(f"the data is not an image: send {SUPPORTED} ({len(data)} bytes)")
     size = header_size(data)
-    if size is not None:
-        if size[0] <= 0 or size[1] <= 0:
-            raise InvalidImage(f"the {fmt} header declares an empty image ({size[0]}x{size[1]})")
-        check_pixels(size[0], size[1], max_pixels)
+    if size is None:
+        raise InvalidImage(f"the {fmt} header is truncated or malformed: its width and height cannot be read")
+    if size[0] <= 0 or size[1] <= 0:
+        raise InvalidImage(f"the {fmt} header declares an empty image ({size[0]}x{size[1]})")
+    check_pixels(size[0], size[1], max_pixels)
+    _fence_opencv(max_pixels)
     if fmt == "jpeg":
         sos = _jpeg_scan(data)[1]
         if sos < 0 or data.rfind(b"\xff\xd9") < sos:
@@ -147,7 +189,6 @@ def decode_image(data: bytes | bytearray | memoryview, max_pixels: int = 40_000_
     except cv2.error as exc:
         raise InvalidImage(f"the image cannot be decoded: {exc}") from None
     if image is None or image.size == 0:
-        kind = f"{fmt} data is corrupt or truncated" if fmt else "data is not an image format OpenCV can decode"
-        raise InvalidImage(f"the image cannot be decoded: {kind} ({len(data)} bytes)")
+        raise InvalidImage(f"the image cannot be decoded: {fmt} data is corrupt or truncated ({len(data)} bytes)")
     check_pixels(image.shape[1], image.shape[0], max_pixels)
     return to_bgr8(image)

@@ -3,7 +3,9 @@
 The worker takes the first waiting item, then waits at most `max_delay_ms` for more until the batch
 holds `max_batch` units (an item counts `size_of(item)` units, e.g. its number of faces), runs one
 batched call in a thread and hands every caller exactly its own result. An item bigger than
-`max_batch` runs alone. The queue holds at most `queue_size` items; beyond that `submit` raises
+`max_batch` is cut into chunks of at most `max_batch` units by `split` and their results put back
+together by `join`, so no model call ever exceeds `max_batch` (without `split`, it is refused).
+The queue holds at most `queue_size` items; beyond that `submit` raises
 `Overloaded`. A failing batch fails each of its callers; `aclose` fails the waiting callers and
 lets the running batch finish, so nothing hangs.
 """
@@ -57,6 +59,8 @@ class DynamicBatcher(Generic[T, R]):
         max_delay_ms: float = 2.0,
         queue_size: int = 512,
         size_of: Callable[[T], int] | None = None,
+        split: Callable[[T, int], list[T]] | None = None,
+        join: Callable[[list[R]], R] | None = None,
         executor: Executor | None = None,
         name: str = "batcher",
     ) -> None:
@@ -67,6 +71,8 @@ class DynamicBatcher(Generic[T, R]):
         self.max_delay_s = max_delay_ms / 1000.0
         self.queue_size = queue_size
         self.size_of = size_of or (lambda _item: 1)
+        self.split = split
+        self.join = join
         self.executor = executor
         self.name = name
         self._pending: collections.deque[_Entry] = collections.deque()
@@ -102,6 +108,9 @@ class DynamicBatcher(Generic[T, R]):
 
     async def submit_timed(self, item: T) -> Timed[R]:
         """Like `submit`, with the queue wait and batch run time of this item."""
+        units = max(1, int(self.size_of(item)))
+        if units > self.max_batch:
+            return await self._submit_chunks(item, units)
         if self._closed:
             raise ModelNotReady(f"{self.name} is shut down")
         if len(self._pending) >= self.queue_size:
@@ -113,11 +122,23 @@ class DynamicBatcher(Generic[T, R]):
                 detail={"queue_size": self.queue_size},
             )
         wakeup = self._ensure_worker()
-        entry = _Entry(item, max(1, int(self.size_of(item))), asyncio.get_running_loop().create_future())
+        entry = _Entry(item, units, asyncio.get_running_loop().create_future())
         self._pending.append(entry)
         wakeup.set()
         result, run_s, units = await entry.future
         return Timed(result, entry.started - entry.enqueued, run_s, units)
+
+    async def _submit_chunks(self, item: T, units: int) -> Timed[R]:
+        if self.split is None or self.join is None:
+            raise ValueError(f"{self.name}: an item of {units} units is over max_batch={self.max_batch}")
+        chunks = self.split(item, self.max_batch)
+        parts = [await self.submit_timed(chunk) for chunk in chunks]  # one at a time: memory stays at one batch
+        return Timed(
+            self.join([p.result for p in parts]),
+            sum(p.queue_s for p in parts),
+            sum(p.run_s for p in parts),
+            max(p.batch_units for p in parts),
+        )
 
     def _pending_units(self) -> int:
         return sum(e.units for e in self._pending)

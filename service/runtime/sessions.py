@@ -171,6 +171,7 @@ class SessionPool:
         self.threads = threads
         self._sessions: dict[tuple[str, int, str], ModelSession] = {}
         self._lock = threading.Lock()
+        self._reported: set[str] = set()  # providers already named in the log
         self.executor = ThreadPoolExecutor(
             max_workers=max(4, 2 * settings.session_concurrency), thread_name_prefix="emoserve-infer"
         )
@@ -232,9 +233,8 @@ class SessionPool:
                 f"{name}@{version}: a GPU is required (EMOSERVE_REQUIRE_GPU) but the session runs on {active}; "
                 f"requested {list(self.settings.providers)}, available {ort.get_available_providers()}"
             )
-        wanted = self.settings.providers[0] if self.settings.providers else "CPUExecutionProvider"
-        level = logging.WARNING if active[0] != wanted else logging.INFO
-        log.log(level, "%s@%s runs on %s (requested %s)", name, version, active[0], list(self.settings.providers))
+        log.debug("%s@%s runs on %s", name, version, active[0])
+        self._report_provider(active[0], list(ort.get_available_providers()))
         session = ModelSession(
             raw, name=name, version=version, concurrency=self.settings.session_concurrency, executor=self.executor
         )
@@ -243,6 +243,30 @@ class SessionPool:
         except Exception as exc:
             raise ModelLoadFailed(f"{name}@{version}: warm-up run failed: {exc}") from exc
         return session
+
+    def gpu_requested(self) -> bool:
+        """Whether a GPU was asked for explicitly: EMOSERVE_REQUIRE_GPU, or EMOSERVE_PROVIDERS naming one.
+
+        The default provider list also names CUDA (so a GPU build uses it), but that is no request.
+        """
+        explicit = "providers" in self.settings.model_fields_set
+        return self.settings.require_gpu or (explicit and any(p in GPU_PROVIDERS for p in self.settings.providers))
+
+    def _report_provider(self, active: str, available: list[str]) -> None:
+        """One log line per provider in use: a warning only when a GPU was asked for and none runs."""
+        if active in self._reported:
+            return
+        self._reported.add(active)
+        if self.gpu_requested() and active not in GPU_PROVIDERS:
+            log.warning(
+                "a GPU provider was requested (EMOSERVE_PROVIDERS=%s) but the models run on %s; "
+                "this onnxruntime has %s (install onnxruntime-gpu for CUDA)",
+                list(self.settings.providers),
+                active,
+                available,
+            )
+        else:
+            log.info("models run on %s", active)
 
     def sessions(self) -> list[ModelSession]:
         return list(self._sessions.values())

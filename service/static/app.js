@@ -26,10 +26,12 @@ function setStatus(text) { state.status = text; $("status").textContent = text; 
 function streamUrl() {
   const url = new URL("/v1/stream", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  const key = new URLSearchParams(location.search).get("api_key");
-  if (key) url.searchParams.set("api_key", key);
   return url.toString();
 }
+
+// The key comes from the page's fragment (/#api_key=...), which browsers never send to the server,
+// and goes to the server in the stream's first message, never in a URL.
+function apiKey() { return new URLSearchParams(location.hash.slice(1)).get("api_key"); }
 
 function sendConfig() {
   if (!ws || ws.readyState !== WebSocket.OPEN) return;
@@ -41,7 +43,11 @@ function sendConfig() {
 function connect() {
   ws = new WebSocket(streamUrl());
   ws.binaryType = "arraybuffer";
-  ws.onopen = () => { setStatus("streaming"); inFlight = 0; sendConfig(); };
+  ws.onopen = () => {
+    const key = apiKey();
+    if (key) ws.send(JSON.stringify({ type: "auth", api_key: key }));
+    setStatus("streaming"); inFlight = 0; sendConfig();
+  };
   ws.onmessage = (event) => onMessage(JSON.parse(event.data));
   ws.onclose = (event) => {
     setStatus(`closed ${event.code}${event.reason ? ": " + event.reason : ""}`);

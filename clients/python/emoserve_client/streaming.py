@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from emoserve_client.errors import StreamClosed
 from emoserve_client.inputs import ImageLike, encode
@@ -25,12 +25,15 @@ Frames = Iterable[ImageLike] | AsyncIterable[ImageLike]
 ErrorHook = Callable[[StreamError], None]
 
 
-def stream_url(base_url: str, api_key: str | None = None) -> str:
-    """`http(s)://host:port` -> `ws(s)://host:port/v1/stream[?api_key=...]`."""
+def stream_url(base_url: str) -> str:
+    """`http(s)://host:port` -> `ws(s)://host:port/v1/stream` (the key goes in a header, never the URL)."""
     parts = urlsplit(base_url)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    path = parts.path.rstrip("/") + "/v1/stream"
-    return urlunsplit((scheme, parts.netloc, path, urlencode({"api_key": api_key}) if api_key else "", ""))
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/v1/stream", "", ""))
+
+
+def key_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def config_message(config: dict[str, Any] | None) -> str | None:
@@ -76,7 +79,9 @@ async def astream(
     from websockets.exceptions import ConnectionClosed
 
     last_id: list[int] = []  # set once every frame is sent
-    async with connect(stream_url(base_url, api_key), compression=None, max_size=None) as ws:
+    async with connect(
+        stream_url(base_url), additional_headers=key_headers(api_key), compression=None, max_size=None
+    ) as ws:
         if (hello := config_message(config)) is not None:
             await ws.send(hello)
 
@@ -142,7 +147,7 @@ def stream_sync(
     from websockets.sync.client import connect
 
     done: queue.Queue[int | BaseException] = queue.Queue()
-    with connect(stream_url(base_url, api_key), compression=None, max_size=None) as ws:
+    with connect(stream_url(base_url), additional_headers=key_headers(api_key), compression=None, max_size=None) as ws:
         if (hello := config_message(config)) is not None:
             ws.send(hello)
 

@@ -1,0 +1,1 @@
+"""Benchmarks and the reliability suite (scripts; `python bench/NAME.py`)."""
