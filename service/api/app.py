@@ -31,7 +31,7 @@ from service.api.cache import ResultCache
 from service.api.context import ServiceContext
 from service.api.events import ModelEvents
 from service.api.metrics import Metrics
-from service.api.middleware import RequestMetricsMiddleware
+from service.api.middleware import ClientGoneMiddleware, RequestMetricsMiddleware
 from service.api.model_manager import ModelManager
 from service.api.ratelimit import RateLimiter
 from service.api.redis_link import RedisLink
@@ -137,10 +137,11 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
         )
     app.add_middleware(AdmissionMiddleware, limit=settings.max_inflight, metrics=metrics)
-    app.add_middleware(  # outermost: bodies are complete before admission counts them
+    app.add_middleware(  # bodies are complete before admission counts them
         BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
         body_timeout_s=settings.body_timeout_s,
         max_buffered_bytes=settings.max_buffered_body_bytes,
     )
+    app.add_middleware(ClientGoneMiddleware, metrics=metrics)  # outermost: sees clients that leave mid-upload
     return app

@@ -14,10 +14,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from model_store import ModelStoreError
+from service.api.middleware import CLIENT_CLOSED_REQUEST
 from service.errors import EmoserveError, Overloaded, error_body, spec_for
 
 log = logging.getLogger("emoserve.api")
-CLIENT_CLOSED_REQUEST = 499  # nginx's status: the client closed the connection before the answer
 
 
 def error_response(exc: BaseException) -> JSONResponse:
