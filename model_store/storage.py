@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +22,11 @@ from typing import Any, Protocol
 
 from model_store.errors import ModelNotFound, ReadOnlyLayer, VersionExists
 from model_store.manifest import MANIFEST_FILE, Manifest
-from model_store.names import validate_name, validate_version
+from model_store.names import is_number, validate_name, validate_version
 
 ALIASES_FILE = "aliases.json"
 STAGING_DIR = ".staging"
+STALE_STAGING_S = 3600.0  # a staging folder this old whose lock nobody holds is a killed publish's
 
 
 class Storage(Protocol):
@@ -43,6 +45,7 @@ class Storage(Protocol):
     def delete_version(self, name: str, version: int) -> None: ...
     def lock(self, name: str) -> contextlib.AbstractContextManager[None]: ...
     def staging(self) -> contextlib.AbstractContextManager[Path]: ...
+    def sweep_staging(self, max_age_s: float = STALE_STAGING_S) -> list[str]: ...
 
 
 def fsync_dir(path: Path) -> None:
@@ -101,7 +104,7 @@ class LocalStorage:
         d = self._name_dir(name)
         if not d.is_dir():
             return []
-        return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and (p / MANIFEST_FILE).is_file())
+        return sorted(int(p.name) for p in d.iterdir() if is_number(p.name) and (p / MANIFEST_FILE).is_file())
 
     def local_dir(self, name: str, version: int) -> Path:
         d = self._name_dir(name) / str(validate_version(version))
@@ -147,16 +150,52 @@ class LocalStorage:
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
-        """A fresh folder on the same filesystem as the root; removed afterwards unless committed."""
+        """A fresh folder on the same filesystem as the root; removed afterwards unless committed.
+
+        While it is in use, `<folder>.lock` beside it is flocked, so `sweep_staging` leaves it alone."""
         self._writable()
         base = self.root / STAGING_DIR
         base.mkdir(parents=True, exist_ok=True)
         path = base / uuid.uuid4().hex
-        path.mkdir()
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
+        lock_path = path.with_name(path.name + ".lock")
+        with open(lock_path, "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            path.mkdir()
+            try:
+                yield path
+            finally:
+                shutil.rmtree(path, ignore_errors=True)
+                lock_path.unlink(missing_ok=True)
+
+    def sweep_staging(self, max_age_s: float = STALE_STAGING_S) -> list[str]:
+        """Remove what publishes killed midway left in the staging folder: entries older than
+        `max_age_s` whose lock no live process holds. Returns the names removed."""
+        base = self.root / STAGING_DIR
+        if self.read_only or not base.is_dir():
+            return []
+        cutoff = time.time() - max_age_s
+        removed = []
+        for entry in sorted(base.iterdir()):
+            if entry.suffix == ".lock" and entry.with_suffix("").exists():
+                continue  # swept with its folder
+            try:
+                if entry.lstat().st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
+            lock_path = entry if entry.suffix == ".lock" else entry.with_name(entry.name + ".lock")
+            with open(lock_path, "a+b") as lock:
+                try:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a publish is still using it
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                lock_path.unlink(missing_ok=True)
+            removed.append(entry.name)
+        return removed
 
     def commit_version(self, name: str, version: int, staged: Path) -> None:
         """Atomically move a fully written, fsynced staging folder to `<name>/<version>`."""

@@ -7,6 +7,7 @@ both layers so a reference never means two things.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from model_store.hashing import sha256_file
 from model_store.manifest import CARD_FILE, MANIFEST_FILE, FileEntry, Manifest
 from model_store.names import ModelRef, parse_ref, validate_alias, validate_name, validate_version
 from model_store.storage import LocalStorage, Storage
+
+log = logging.getLogger("emoserve.store")
 
 SHIPPED_ROOT = Path(__file__).parent / "shipped"
 
@@ -85,6 +88,14 @@ class ModelStore:
         else:
             self.shipped = shipped
         self._listeners: list[Listener] = []
+        if not self.storage.read_only:
+            try:
+                swept = self.storage.sweep_staging()
+            except OSError as exc:  # opening the store must not fail on a cleanup
+                log.warning("could not sweep the staging folder of %s: %s", self.storage.description, exc)
+            else:
+                if swept:
+                    log.info("removed %d stale staging folder(s) of %s", len(swept), self.storage.description)
 
     # -- events ----------------------------------------------------------------------------
     def subscribe(self, listener: Listener) -> Callable[[], None]:

@@ -36,6 +36,10 @@ class ImageTooLarge(EmoserveError):
     """Pixel count or byte size over the configured limit."""
 
 
+class TooManyImages(EmoserveError):
+    """A batch with more images than the configured batch limit."""
+
+
 class UnsupportedMediaType(EmoserveError):
     """A content type the service does not decode."""
 
@@ -108,6 +112,7 @@ ERROR_TABLE: list[tuple[type[BaseException], ErrorSpec]] = [
     (ShuttingDown, ErrorSpec("shutting_down", 503, 1001, 7)),
     (InvalidImage, ErrorSpec("invalid_image", 400, 1003, 2)),
     (ImageTooLarge, ErrorSpec("image_too_large", 413, 1009, 2)),
+    (TooManyImages, ErrorSpec("too_many_images", 413, 1008, 2)),
     (UnsupportedMediaType, ErrorSpec("unsupported_media_type", 415, 1003, 2)),
     (PayloadTooLarge, ErrorSpec("payload_too_large", 413, 1009, 2)),
     (BodyTimeout, ErrorSpec("body_timeout", 408, 1008, 2)),

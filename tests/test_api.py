@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures as cf
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -18,8 +20,10 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+import redis
 
 from model_store import ModelStore
+from service.api.auth import hash_key
 from tests.api_server import Server, free_port, run_server
 from tests.conftest import shared_path
 from tests.helpers.tiny_models import (
@@ -152,6 +156,75 @@ def test_oversized_upload_is_cut_off_early(server: Server) -> None:
     assert sent < 10 * limit, f"server read {sent} bytes before refusing"
 
 
+def test_client_dropping_mid_upload_is_499_not_500(server: Server) -> None:
+    """Headers and part of a body, then the socket closes: counted 499, no 5xx, no traceback."""
+    host, port = server.url.removeprefix("http://").split(":")
+    part_of = {
+        "image/jpeg": b"\xff\xd8\xff" + b"\0" * 1000,
+        "multipart/form-data; boundary=zz": b'--zz\r\nContent-Disposition: form-data; name="image"; '
+        b'filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n' + b"\0" * 1000,
+        "application/json": b'{"image_base64": "' + b"A" * 1000,
+    }
+
+    def count(text: str, code: str) -> float:
+        return sum(
+            float(m.group(1))
+            for m in re.finditer(rf'^emoserve_requests_total{{[^}}]*code="{code}"[^}}]*}} (\S+)$', text, re.M)
+        )
+
+    with server.client() as c:
+        before = c.get("/metrics").text
+        logged = len(server.logs())
+        for content_type, part in part_of.items():
+            head = f"POST /v1/analyze HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+            with socket.create_connection((host, int(port))) as sock:
+                sock.sendall(f"{head}Content-Length: 100000\r\n\r\n".encode() + part)
+                time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while count(after := c.get("/metrics").text, "499") < count(before, "499") + len(part_of):
+            assert time.monotonic() < deadline, "the dropped uploads were not counted as 499"
+            time.sleep(0.1)
+    assert count(after, "5\\d\\d") == count(before, "5\\d\\d")
+    assert metric(after, "emoserve_requests_total", endpoint="/v1/analyze", code="499") >= len(part_of)
+    new_logs = server.logs()[logged:]
+    assert "Traceback" not in new_logs and "unexpected error" not in new_logs, new_logs[-3000:]
+
+
+def test_random_paths_make_a_bounded_set_of_endpoint_labels(model_root: Path, tmp_path: Path) -> None:
+    """Refused by admission (raw path in hand) or unrouted, random paths never become label values."""
+    big = jpeg(None, (1600, 1200))  # slow enough that the one admission slot is mostly taken
+    with run_server(base_env(model_root, EMOSERVE_MAX_INFLIGHT="1", EMOSERVE_CACHE_TTL_S="0"), tmp_path) as s:
+        stop = time.monotonic() + 60
+
+        def busy() -> None:
+            with s.client() as c:
+                while time.monotonic() < stop:
+                    c.post("/v1/analyze", content=big, headers={"content-type": "image/jpeg"})
+
+        with cf.ThreadPoolExecutor(3) as pool, s.client() as c:
+            workers = [pool.submit(busy) for _ in range(3)]
+            time.sleep(0.5)
+            guarded = [c.post(f"/v1/analyze/{os.urandom(6).hex()}", content=b"x").status_code for _ in range(150)]
+            unrouted = [c.post(f"/{os.urandom(6).hex()}/x", content=b"x").status_code for _ in range(150)]
+            host, port = s.url.removeprefix("http://").split(":")
+            for _ in range(20):  # uploads dropped midway are counted (499) before any routing
+                with socket.create_connection((host, int(port))) as sock:
+                    head = f"POST /v1/analyze/{os.urandom(6).hex()} HTTP/1.1\r\nHost: {host}\r\n"
+                    sock.sendall(f"{head}Content-Length: 1000\r\n\r\n".encode() + b"x" * 10)
+            stop = 0.0
+            for w in workers:
+                w.result()
+            deadline = time.monotonic() + 10
+            while metric(text := c.get("/metrics").text, "emoserve_requests_total", code="499") < 20:
+                assert time.monotonic() < deadline, "the dropped uploads were not counted"
+                time.sleep(0.1)
+            routes = set(c.get("/openapi.json").json()["paths"])
+    assert 503 in guarded and set(guarded) <= {404, 503} and set(unrouted) == {404}
+    labels = set(re.findall(r'^emoserve_request[a-z_]*\{[^}]*endpoint="([^"]*)"', text, re.M))
+    assert {"unmatched", "/readyz", "/v1/analyze"} <= labels  # route templates are still labels
+    assert labels <= routes | {"unmatched"}, labels - routes
+
+
 def test_batch_keeps_order_and_isolates_bad_images(server: Server) -> None:
     files = [
         ("images", ("a.jpg", jpeg(1), "image/jpeg")),
@@ -166,7 +239,38 @@ def test_batch_keeps_order_and_isolates_bad_images(server: Server) -> None:
     assert [next(iter(x)) for x in results] == ["image", "error", "image"]
     assert results[1]["error"]["code"] == "invalid_image"
     assert results[2]["image"] == {"width": 160, "height": 120}
-    assert too_many.status_code == 400 and "batch limit" in too_many.json()["error"]["message"]
+    assert too_many.status_code == 413 and too_many.json()["error"]["code"] == "too_many_images"
+    assert "batch limit of 4" in too_many.json()["error"]["message"]
+
+
+def test_json_batch_fails_only_the_bad_slots(server: Server) -> None:
+    good = base64.b64encode(jpeg(1)).decode()
+    entries = [good, "%%% not base64", 5, base64.b64encode(b"junk").decode()]
+    with server.client() as c:
+        r = c.post("/v1/analyze/batch", json={"images_base64": entries, "landmarks": False})
+        too_many = c.post("/v1/analyze/batch", json={"images_base64": [good] * 5})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [next(iter(x)) for x in results] == ["image", "error", "error", "error"]
+    assert all(x["error"]["code"] == "invalid_image" for x in results[1:])
+    assert "images_base64[1]" in results[1]["error"]["message"] and "images_base64[2]" in results[2]["error"]["message"]
+    assert results[0]["faces"][0]["landmarks"] is None
+    assert too_many.status_code == 413 and too_many.json()["error"]["code"] == "too_many_images"
+    assert too_many.json()["error"]["detail"] == {"limit": 4, "count": 5}
+
+
+def test_base64_with_line_breaks_is_accepted(server: Server) -> None:
+    img = jpeg(2)
+    wrapped = base64.encodebytes(img).decode()  # MIME style: a line break every 76 characters
+    assert "\n" in wrapped
+    spaced = "  " + wrapped.replace("\n", "\r\n\t ")
+    with server.client() as c:
+        one = c.post("/v1/analyze", json={"image_base64": wrapped})
+        data_url = c.post("/v1/analyze", json={"image_base64": "data:image/jpeg;base64,\n" + spaced})
+        batch = c.post("/v1/analyze/batch", json={"images_base64": [wrapped, spaced]})
+    assert one.status_code == 200 and data_url.status_code == 200, (one.text, data_url.text)
+    assert one.json()["image"] == {"width": 320, "height": 240} == data_url.json()["image"]
+    assert batch.status_code == 200 and [next(iter(x)) for x in batch.json()["results"]] == ["image", "image"]
 
 
 def test_annotate_returns_jpeg(server: Server) -> None:
@@ -181,11 +285,45 @@ def test_second_identical_request_is_a_cache_hit(server: Server) -> None:
     img = jpeg(None)
     with server.client() as c:
         before = metric(c.get("/metrics").text, "emoserve_cache_requests_total", result="hit")
-        first = c.post("/v1/analyze", content=img, headers={"content-type": "image/jpeg"}).json()
-        second = c.post("/v1/analyze", content=img, headers={"content-type": "image/jpeg"}).json()
+        first = c.post("/v1/analyze", content=img, headers={"content-type": "image/jpeg"})
+        second = c.post("/v1/analyze", content=img, headers={"content-type": "image/jpeg"})
+        annotated = c.post("/v1/annotate", content=img, headers={"content-type": "image/jpeg"})
         after = metric(c.get("/metrics").text, "emoserve_cache_requests_total", result="hit")
-    assert after == before + 1
-    assert first == second
+    assert after == before + 2
+    assert (first.headers["x-cache"], second.headers["x-cache"], annotated.headers["x-cache"]) == ("miss", "hit", "hit")
+    a, b = first.json(), second.json()
+    assert {**a, "timings_ms": None} == {**b, "timings_ms": None}
+    # a hit carries this answer's timings: no stage ran, `total` is the lookup
+    assert b["timings_ms"]["total"] > 0 and a["timings_ms"]["total"] > 0
+    assert [b["timings_ms"][s] for s in ("decode", "queue", "detect", "align", "classify")] == [0.0] * 5
+
+
+def test_garbage_in_the_result_cache_is_a_miss(server: Server, redis_url: str) -> None:
+    """Garbage or forged values in the real cache keys are never served: a fresh result is, and replaces them."""
+    img = jpeg(None)
+    sha = hashlib.sha256(img).hexdigest()
+    store = redis.Redis.from_url(redis_url)
+    with server.client() as c:
+        post = lambda: c.post("/v1/analyze", content=img, headers={"content-type": "image/jpeg"})  # noqa: E731
+        fresh = post()
+        assert fresh.status_code == 200 and fresh.headers["x-cache"] == "miss"
+        [key] = store.keys(f"emoserve:result:{sha}:*")
+        forged = {**fresh.json(), "faces": []}
+        values: list[str | bytes] = [
+            b"\x00garbage",
+            json.dumps({"faces": "forged"}).encode(),
+            json.dumps(forged).encode(),  # the right shape without the format version
+            json.dumps({"format": 1, "result": {**forged, "models": {"detector": {"name": "x", "version": 9}}}}),
+            json.dumps({"format": 1, "result": forged}).replace('"total": ', '"total": 1e999, "x": ').encode(),
+        ]
+        for value in values:
+            store.set(key, value)
+            r = post()
+            assert r.status_code == 200, (value, r.text)
+            assert r.headers["x-cache"] == "miss" and r.json()["faces"] == fresh.json()["faces"]
+        again = post()
+    store.close()
+    assert again.headers["x-cache"] == "hit" and again.json()["faces"] == fresh.json()["faces"]
 
 
 def test_metrics_names_after_traffic(server: Server) -> None:
@@ -245,6 +383,9 @@ def test_rate_limit_429_with_retry_after(model_root: Path, redis_url: str, tmp_p
         EMOSERVE_API_KEYS=f'["key-{time.time_ns()}"]',
     )
     key = json.loads(env["EMOSERVE_API_KEYS"])[0]
+    # a corrupted bucket (once a 500 OverflowError) is read as a fresh one
+    bucket = f"emoserve:rl:key:{hash_key(key)[7:23]}"
+    redis.Redis.from_url(redis_url).hset(bucket, mapping={"tokens": "-1e309", "ts": "1"})
     with run_server(env, tmp_path) as s, s.client(headers={"X-API-Key": key}) as c:
         codes = [c.post("/v1/analyze", content=jpeg(i), headers={"content-type": "image/jpeg"}) for i in range(5)]
         text = c.get("/metrics").text
@@ -279,6 +420,24 @@ def test_api_keys_and_admin_scope(model_root: Path, tmp_path: Path) -> None:
     assert (no_key.status_code, bad_key.status_code, ok.status_code) == (401, 401, 200)
     assert forbidden.status_code == 403 and admin.status_code == 200
     assert bad_version.status_code == 422
+
+
+def test_names_with_a_trailing_newline_are_refused(tmp_path: Path) -> None:
+    """`PUT .../aliases/production%0A` once answered 200 and wrote `production\\n` into aliases.json."""
+    root = publish_test_models(tmp_path)
+    env = base_env(root, EMOSERVE_ADMIN_KEYS='["admin"]')
+    with run_server(env, tmp_path) as s, s.client(headers={"X-API-Key": "admin"}) as c:
+        answers = [
+            c.put("/v1/models/tiny-emotion/aliases/production%0A", json={"version": 1}),
+            c.put("/v1/models/tiny-emotion%0A/aliases/production", json={"version": 1}),
+            c.put("/v1/models/tiny-emotion/aliases/staging%0A", json={"version": 1}),
+            c.get("/v1/models/tiny-emotion%0A"),
+        ]
+        fine = c.put("/v1/models/tiny-emotion/aliases/staging", json={"version": 1})
+    for r in answers:
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_name", r.text
+    assert fine.status_code == 200
+    assert ModelStore(root, shipped=None).aliases("tiny-emotion") == {"production": 1, "staging": 1}
 
 
 def test_promotion_under_load_answers_everything(tmp_path: Path) -> None:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 import uuid
+from typing import Any
 
 import pytest
+import redis
 
 from service.api.auth import KeyRing, hash_key
 from service.api.cache import ResultCache, cache_key
 from service.api.metrics import Metrics
 from service.api.ratelimit import RateLimiter
-from service.api.redis_link import RedisLink
+from service.api.redis_link import CALL_TIMEOUT_S, RETRY_AFTER_FAILURE_S, RedisLink
 from service.errors import Forbidden, RateLimited, Unauthorized
 
 
@@ -126,3 +130,108 @@ def test_the_shutdown_grace_covers_the_request_timeout() -> None:
 
     assert grace_period(get_settings(request_timeout_s=30)) == 35
     assert grace_period(get_settings(request_timeout_s=30, shutdown_grace_s=60)) == 60
+
+
+def _valid_result(models: dict[str, list[Any]]) -> dict[str, Any]:
+    (dn, dv), (cn, cv) = models["detector"], models["classifier"]
+    return {
+        "image": {"width": 4, "height": 3},
+        "models": {"detector": {"name": dn, "version": dv}, "classifier": {"name": cn, "version": cv}},
+        "faces": [],
+        "timings_ms": {"decode": 1.0, "queue": 0.0, "detect": 2.0, "align": 0.0, "classify": 0.0, "total": 3.0},
+    }
+
+
+def test_cache_serves_only_valid_entries(redis_url: str) -> None:
+    models: dict[str, list[Any]] = {"detector": ["d", 1], "classifier": ["c", 2]}
+    good = _valid_result(models)
+    forged_face = {
+        "box": {"x1": 0, "y1": 0, "x2": 1, "y2": 1},
+        "score": 1,
+        "landmarks": None,
+        "emotion": {"label": "happy", "confidence": 1, "scores": {"happy": 1}},
+    }
+    bad_values: list[bytes] = [
+        b"\x00\xffgarbage",
+        b"[]",
+        json.dumps(good).encode(),  # a bare result: no format version
+        json.dumps({"format": 999, "result": good}).encode(),
+        json.dumps({"format": 1, "result": {**good, "faces": "none"}}).encode(),
+        json.dumps({"format": 1, "result": {**good, "admin": True}}).encode(),
+        json.dumps({"format": 1, "result": _valid_result({"detector": ["d", 1], "classifier": ["c", 1]})}).encode(),
+        json.dumps({"format": 1, "result": {**good, "faces": [{**forged_face, "score": float("inf")}]}}).encode(),
+        json.dumps({"format": 1, "result": good}).replace('"total": 3.0', '"total": 1e999').encode(),
+    ]
+
+    async def main() -> None:
+        metrics = Metrics()
+        link = RedisLink(redis_url, metrics)
+        cache = ResultCache(60, metrics, link)
+        key = cache_key(uuid.uuid4().hex, models, {})
+        for value in bad_values:
+            await link.client.set(key, value)
+            assert await cache.get_result(key, models) is None, value
+        assert _sample(metrics, "emoserve_cache_requests_total", {"result": "miss"}) == len(bad_values)
+        await cache.set_result(key, good)  # the fresh result overwrites the bad entry
+        assert await cache.get_result(key, models) == good
+        assert _sample(metrics, "emoserve_cache_requests_total", {"result": "hit"}) == 1
+        await link.client.delete(key)
+        await link.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("tokens", "ts"),
+    [("-1e309", None), ("1e309", None), ("nan", None), ("-5", None), ("99999", None), ("abc", None), ("0", "1e309")],
+)
+def test_corrupt_token_bucket_is_a_fresh_one(redis_url: str, tokens: str, ts: str | None) -> None:
+    async def main() -> None:
+        metrics = Metrics()
+        link = RedisLink(redis_url, metrics)
+        limiter = RateLimiter(1.0, 3, metrics, link)
+        ident = f"test-{uuid.uuid4().hex}"
+        now = (await link.client.time())[0]
+        await link.client.hset(f"emoserve:rl:{ident}", mapping={"tokens": tokens, "ts": ts or str(now)})
+        for _ in range(3):
+            await limiter.check(ident)  # a fresh bucket: the burst is there
+        with pytest.raises(RateLimited) as refused:
+            await limiter.check(ident)
+        assert 1 <= refused.value.retry_after_s <= 2
+        assert link.healthy and _sample(metrics, "emoserve_redis_errors_total", {"operation": "rate_limit"}) == 0
+        await link.close()
+
+    asyncio.run(main())
+
+
+def test_stalling_redis_opens_the_breaker(private_redis_url: str) -> None:
+    """Redis pausing 0.45 s at a time costs one call CALL_TIMEOUT_S, then calls skip Redis for a while."""
+
+    async def main() -> tuple[list[float], list[bytes | None], float]:
+        metrics = Metrics()
+        link = RedisLink(private_redis_url, metrics)
+        cache = ResultCache(60, metrics, link)
+        assert await link.run("ping", lambda c: c.ping()) is True
+        admin = redis.Redis.from_url(private_redis_url)
+        admin.execute_command("CLIENT", "PAUSE", "450", "ALL")
+        times: list[float] = []
+        results: list[bytes | None] = []
+        for _ in range(10):
+            started = time.perf_counter()
+            results.append(await cache.get("emoserve:result:stall"))
+            times.append(time.perf_counter() - started)
+        await asyncio.sleep(0.5)  # the pause is over; the breaker lets a probe through after a second
+        await asyncio.sleep(RETRY_AFTER_FAILURE_S)
+        assert await link.run("ping", lambda c: c.ping()) is True
+        errors = _sample(metrics, "emoserve_redis_errors_total", {"operation": "cache_get"})
+        healthy = link.healthy
+        admin.close()
+        await link.close()
+        assert healthy
+        return times, results, errors
+
+    times, results, errors = asyncio.run(main())
+    assert results == [None] * 10
+    assert times[0] < CALL_TIMEOUT_S + 0.15, times  # one timeout, no retries
+    assert max(times[1:]) < 0.02, times  # the breaker is open: no more waiting on Redis
+    assert errors == 1

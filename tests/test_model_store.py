@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import multiprocessing as mp
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ from model_store import (
     parse_ref,
 )
 from model_store.manifest import Manifest
+from model_store.names import validate_alias, validate_name, validate_version
 
 DRAFT = {
     "name": "det",
@@ -111,7 +115,25 @@ def test_remove_only_unreferenced(store: ModelStore, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "ref", ["../etc", "det@../x", "a/b", "det@1@2", "DET", "det@", "", "det@-1", ".hidden", "det@a/b", "x" * 80]
+    "ref",
+    [
+        "../etc",
+        "det@../x",
+        "a/b",
+        "det@1@2",
+        "DET",
+        "det@",
+        "",
+        "det@-1",
+        ".hidden",
+        "det@a/b",
+        "x" * 80,
+        "det\n",  # `$` would match before a final newline
+        "det@production\n",
+        "det@1\n",
+        "det@\u0663",  # a non-ASCII digit
+        "det@\u00b2",
+    ],
 )
 def test_bad_references_are_refused(ref: str) -> None:
     with pytest.raises(InvalidName):
@@ -127,6 +149,20 @@ def test_traversal_names_refused_everywhere(store: ModelStore, tmp_path: Path) -
     with pytest.raises(InvalidName):
         store.set_alias("det", "../prod", 1)
     assert not (tmp_path / "evil").exists()
+
+
+@pytest.mark.parametrize("bad", ["production\n", "det\n", "\nprod", "prod\r"])
+def test_trailing_newline_is_refused_everywhere(store: ModelStore, tmp_path: Path, bad: str) -> None:
+    store.publish(DRAFT, {"model.onnx": _file(tmp_path, b"x")})
+    with pytest.raises(InvalidName):
+        validate_name(bad)
+    with pytest.raises(InvalidName):
+        validate_alias(bad)
+    with pytest.raises(InvalidName):
+        store.set_alias("det", bad, 1)
+    with pytest.raises(InvalidName):
+        validate_version("1\n")
+    assert "\n" not in json.dumps(store.aliases("det"))
 
 
 def test_events_are_delivered(store: ModelStore, tmp_path: Path) -> None:
@@ -180,3 +216,35 @@ def test_concurrent_publishers_never_collide(tmp_path: Path) -> None:
     assert not any((root / ".staging").iterdir())
     manifests = [json.loads((root / "det" / str(v) / "manifest.json").read_text()) for v in versions]
     assert all(m["version"] == v for m, v in zip(manifests, versions, strict=True))
+
+
+def test_stale_staging_folders_are_swept_when_the_store_opens(tmp_path: Path) -> None:
+    """A publish killed midway leaves `.staging/<id>`; the next open removes it once an hour old and unlocked."""
+    root = tmp_path / "root"
+    staging = root / ".staging"
+    hour_ago = time.time() - 3700
+
+    def leftover(name: str, *, old: bool) -> Path:
+        d = staging / name
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "model.onnx").write_bytes(b"half written")
+        if old:
+            os.utime(d, (hour_ago, hour_ago))
+        return d
+
+    killed = leftover("killed", old=True)
+    recent = leftover("recent", old=False)
+    busy = leftover("busy", old=True)  # old, but a live publish still holds its lock
+    orphan_lock = staging / "gone.lock"
+    orphan_lock.touch()
+    os.utime(orphan_lock, (hour_ago, hour_ago))
+    with open(staging / "busy.lock", "a+b") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        os.utime(staging / "busy.lock", (hour_ago, hour_ago))
+        store = ModelStore(root, shipped=None)
+        assert not killed.exists() and not orphan_lock.exists()
+        assert recent.exists() and busy.exists()
+    ModelStore(root, shipped=None)  # the lock is free now
+    assert not busy.exists() and recent.exists()
+    store.publish(DRAFT, {"model.onnx": _file(tmp_path, b"x")})  # publishing still works, and cleans up after itself
+    assert sorted(p.name for p in staging.iterdir()) == ["recent"]

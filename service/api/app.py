@@ -31,7 +31,7 @@ from service.api.cache import ResultCache
 from service.api.context import ServiceContext
 from service.api.events import ModelEvents
 from service.api.metrics import Metrics
-from service.api.middleware import RequestMetricsMiddleware
+from service.api.middleware import ClientGoneMiddleware, RequestMetricsMiddleware
 from service.api.model_manager import ModelManager
 from service.api.ratelimit import RateLimiter
 from service.api.redis_link import RedisLink
@@ -127,6 +127,7 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
     app.include_router(routes_models.router)
     app.include_router(routes_stream.router)
     stream_demo.install(app)
+    metrics.add_endpoints(app.openapi()["paths"])  # the middleware adds the templates of other routes it serves
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(
@@ -136,10 +137,11 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
         )
     app.add_middleware(AdmissionMiddleware, limit=settings.max_inflight, metrics=metrics)
-    app.add_middleware(  # outermost: bodies are complete before admission counts them
+    app.add_middleware(  # bodies are complete before admission counts them
         BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
         body_timeout_s=settings.body_timeout_s,
         max_buffered_bytes=settings.max_buffered_body_bytes,
     )
+    app.add_middleware(ClientGoneMiddleware, metrics=metrics)  # outermost: sees clients that leave mid-upload
     return app

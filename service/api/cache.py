@@ -1,22 +1,70 @@
-"""Result cache keyed by sha256(image) + model versions + options: Redis when configured, else in-process."""
+"""Result cache keyed by sha256(image) + model versions + options: Redis when configured, else in-process.
+
+A cached analysis is stored as `{"format": CACHE_FORMAT, "result": ...}` and checked before it is
+served: the format version, the AnalysisResult schema (finite numbers only) and the model versions
+the key was made for. Anything else (garbage, a forged or older entry) is a miss, and the fresh
+result overwrites it."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import time
 from collections import OrderedDict
 from typing import Any
 
+from pydantic import ValidationError
+
 from service.api.metrics import Metrics
 from service.api.redis_link import RedisLink
+from service.pipeline.schema import AnalysisResult
 
+log = logging.getLogger("emoserve.cache")
 LOCAL_ENTRIES = 2048
+CACHE_FORMAT = 1  # bump when the stored shape of a result changes
 
 
 def cache_key(image_sha256: str, models: dict[str, Any], options: dict[str, Any]) -> str:
     blob = json.dumps({"models": models, "options": options}, sort_keys=True, separators=(",", ":"))
     return "emoserve:result:" + image_sha256 + ":" + hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"non-finite number {text}")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name}")
+
+
+def encode_result(body: dict[str, Any]) -> bytes:
+    """The stored form of an analysis result (a JSON-ready AnalysisResult)."""
+    return json.dumps({"format": CACHE_FORMAT, "result": body}, separators=(",", ":")).encode()
+
+
+def decode_result(raw: bytes, models: dict[str, list[Any]]) -> dict[str, Any]:
+    """The result a stored value holds, made by `models` (role -> [name, version]); ValueError if it is not one."""
+    try:
+        envelope = json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"not JSON with finite numbers: {exc}") from None
+    if not isinstance(envelope, dict) or envelope.get("format") != CACHE_FORMAT:
+        raise ValueError(f"not a cache entry of format {CACHE_FORMAT}")
+    try:
+        result = AnalysisResult.model_validate(envelope.get("result"))
+    except ValidationError as exc:
+        raise ValueError(f"not an analysis result ({exc.error_count()} problems)") from None
+    used = result.models
+    made_by = {"detector": [used.detector.name, used.detector.version]}
+    made_by["classifier"] = [used.classifier.name, used.classifier.version]
+    if made_by != models:
+        raise ValueError(f"made by {made_by}, not by the serving models {models}")
+    return result.model_dump(mode="json")
 
 
 class ResultCache:
@@ -33,16 +81,34 @@ class ResultCache:
         return self.ttl_s > 0
 
     async def get(self, key: str) -> bytes | None:
+        value = await self._read(key)
+        if self.enabled:
+            self.metrics.cache_requests.labels(result="hit" if value is not None else "miss").inc()
+        return value
+
+    async def get_result(self, key: str, models: dict[str, list[Any]]) -> dict[str, Any] | None:
+        """The validated analysis result under `key`, or None (a miss) when absent or not valid."""
+        raw = await self._read(key)
+        result = None
+        if raw is not None:
+            try:
+                result = decode_result(raw, models)
+            except ValueError as exc:
+                log.warning("ignored a bad result-cache entry %s: %s", key, exc)
+        if self.enabled:
+            self.metrics.cache_requests.labels(result="hit" if result is not None else "miss").inc()
+        return result
+
+    async def set_result(self, key: str, body: dict[str, Any]) -> None:
+        await self.set(key, encode_result(body))
+
+    async def _read(self, key: str) -> bytes | None:
         if not self.enabled:
             return None
-        value: bytes | None
         if self.redis is not None:
             raw = await self.redis.run("cache_get", lambda c: c.get(key))
-            value = raw.encode() if isinstance(raw, str) else raw
-        else:
-            value = self._local_get(key)
-        self.metrics.cache_requests.labels(result="hit" if value is not None else "miss").inc()
-        return value
+            return raw.encode() if isinstance(raw, str) else raw
+        return self._local_get(key)
 
     async def set(self, key: str, value: bytes) -> None:
         if not self.enabled:

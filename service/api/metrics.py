@@ -4,11 +4,26 @@ prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by `emoserv
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5)
+UNMATCHED = "unmatched"  # the `endpoint` label of every path that is not one of the app's route templates
+
+
+class EndpointLabelled:
+    """A metric labelled by `endpoint`, whose values are kept to the app's route templates
+    (`Metrics.add_endpoints`); any other path, e.g. a raw request path, is counted as `unmatched`."""
+
+    def __init__(self, metric: Counter | Histogram, endpoints: set[str]) -> None:
+        self.metric = metric
+        self.endpoints = endpoints
+
+    def labels(self, endpoint: str, **labels: str) -> Any:
+        return self.metric.labels(endpoint=endpoint if endpoint in self.endpoints else UNMATCHED, **labels)
 
 
 class Metrics:
@@ -17,9 +32,19 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("emoserve_requests_total", "HTTP requests", ["endpoint", "code"], registry=r)
-        self.request_duration = Histogram(
-            "emoserve_request_duration_seconds", "Request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r
+        self.endpoints: set[str] = set()  # route templates, the only `endpoint` label values besides UNMATCHED
+        self.requests = EndpointLabelled(
+            Counter("emoserve_requests_total", "HTTP requests", ["endpoint", "code"], registry=r), self.endpoints
+        )
+        self.request_duration = EndpointLabelled(
+            Histogram(
+                "emoserve_request_duration_seconds",
+                "Request latency",
+                ["endpoint"],
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            ),
+            self.endpoints,
         )
         self.stage_duration = Histogram(
             "emoserve_stage_duration_seconds", "Pipeline stage latency", ["stage"], buckets=LATENCY_BUCKETS, registry=r
@@ -56,6 +81,12 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.model_events_listener_up = Gauge(
+            "emoserve_model_events_listener_up",
+            "1 while this process listens for cross-replica model events on Redis, else 0",
+            multiprocess_mode="livemin",
+            registry=r,
+        )
 
         self.ws_connections = Gauge(
             "emoserve_ws_connections", "Open WebSocket streams", multiprocess_mode="livesum", registry=r
@@ -72,6 +103,10 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+    def add_endpoints(self, templates: Iterable[str]) -> None:
+        """Route templates (never raw request paths) that may appear as `endpoint` labels."""
+        self.endpoints.update(templates)
 
     def set_models(self, models: dict[str, tuple[str, int, str]]) -> None:
         """`models` maps role -> (name, version, provider); replaces the previous info series."""

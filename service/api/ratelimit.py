@@ -17,8 +17,15 @@ local burst = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1]) or burst
-local ts = tonumber(state[2]) or now
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+-- an unreadable, non-finite or out-of-range entry (corrupted or forged) is a fresh bucket
+-- (ts is stored with 14 digits, so it may be a little ahead of now)
+if tokens == nil or tokens ~= tokens or tokens < 0 or tokens > burst
+   or ts == nil or ts ~= ts or ts < 0 or ts > now + 1 then
+  tokens = burst
+  ts = now
+end
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
 local allowed = 0
 local retry = 0
@@ -58,14 +65,15 @@ class RateLimiter:
     async def check(self, identity: str) -> None:
         if not self.enabled:
             return
-        allowed, retry = None, 0.0
+        allowed: bool | None = None
+        retry = 0.0
         if self.redis is not None and self._script is not None:
             script = self._script
             res = await self.redis.run(
                 "rate_limit", lambda c: script(keys=[f"emoserve:rl:{identity}"], args=[self.rate, self.burst])
             )
             if res is not None:
-                allowed, retry = bool(int(res[0])), float(res[1])
+                allowed, retry = self._read_reply(res)
         if allowed is None:
             allowed, retry = self._local_take(identity)
         if not allowed:
@@ -74,6 +82,16 @@ class RateLimiter:
                 f"rate limit of {self.rate:g} requests/s (burst {self.burst}) exceeded",
                 retry_after_s=max(1, math.ceil(retry)),
             )
+
+    def _read_reply(self, res: object) -> tuple[bool | None, float]:
+        """(allowed, retry_s) from the script's reply, retry clamped to [0, 1/rate]; (None, 0) if unreadable."""
+        try:
+            allowed, retry = bool(int(res[0])), float(res[1])  # type: ignore[index]
+        except (TypeError, ValueError, IndexError, KeyError, OverflowError):
+            return None, 0.0
+        if not math.isfinite(retry):
+            retry = 1 / self.rate
+        return allowed, min(max(retry, 0.0), 1 / self.rate)
 
     def _local_take(self, identity: str) -> tuple[bool, float]:
         now = time.monotonic()

@@ -23,6 +23,7 @@ async def readyz(request: Request) -> JSONResponse:
         "ready": ctx.manager.ready,
         "models": models,
         "redis": None if ctx.redis is None else ("ok" if ctx.redis.healthy else "unavailable"),
+        "model_events": ctx.events.state,
         "error": ctx.manager.last_error,
     }
     headers = {} if ctx.manager.ready else {"Retry-After": "5"}
