@@ -12,8 +12,6 @@ from typing import Annotated, Any
 
 import typer
 
-from service.cli.common import handle_errors
-
 EXTRA_COMMAND_MODULES = ["training.compare", "training.explain"]  # each has register(app)
 
 
@@ -142,6 +140,8 @@ def evaluate_command(
 
 def register(app: typer.Typer) -> None:
     """Add `train`, `export` and `evaluate`, then the commands of EXTRA_COMMAND_MODULES that exist."""
+    from service.cli.common import handle_errors  # here, not at import: service.cli imports this module
+
     app.command("train")(train_command)
     app.command("evaluate")(handle_errors(evaluate_command))
     app.command("export")(export_command)
