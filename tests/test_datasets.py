@@ -70,6 +70,14 @@ def test_fer2013_csv(tmp_path: Path) -> None:
     assert tr.targets.tolist() == [0, 1, 2, 3, 4, 5, 6, 3]  # csv order == canonical order
     assert tr.images[1, 0, 0] == 30 and tr.images[1, 0, 1] == 31
     assert len(load_dataset(path, "val")) == 7 and len(load_dataset(path, "test")) == 7
+    assert len(load_dataset(path, "all")) == 22
+
+
+def test_fer2013_csv_without_private_test_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fer2013.csv"
+    path.write_text("emotion,pixels,Usage\n3," + " ".join(["7"] * 48 * 48) + ",Training\n")
+    with pytest.raises(R.DatasetLayoutError, match="has no test split: expected rows with Usage PrivateTest"):
+        load_dataset(path, "test")
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -95,6 +103,33 @@ def test_image_folder_without_split_is_split_85_15(tmp_path: Path) -> None:
     assert len(tr) + len(va) == 60 and len(va) == 9
     assert tr.labels == EMOTIONS_7
     assert set(va.targets.tolist()) == {EMOTIONS_7.index("happy"), EMOTIONS_7.index("angry")}
+
+
+def test_image_folder_test_only_and_all(tmp_path: Path) -> None:
+    for split, names in (("test", ("happy", "sad")), ("train", ("happy", "contempt"))):
+        for name in names:
+            for i in range(3):
+                _write(tmp_path / "data" / split / name / f"{i}.png", _img(i))
+    assert len(load_dataset(tmp_path / "data", "test")) == 6
+    every = load_dataset(tmp_path / "data", "all")  # the label order covers the classes of every split
+    assert len(every) == 12 and every.labels == EMOTIONS_8 and every.split == "all"
+    assert np.bincount(every.targets, minlength=8)[[EMOTIONS_8.index("happy"), 7]].tolist() == [6, 3]
+    _write(tmp_path / "only" / "test" / "sad" / "0.png", _img(1))
+    for split in ("train", "val"):  # test/ alone is not a validation set beside no train/
+        with pytest.raises(R.DatasetLayoutError, match=f"has no {split} split: expected .*/{split}/<class>/"):
+            load_dataset(tmp_path / "only", split)
+
+
+def test_bare_folder_all_and_refusals(tmp_path: Path) -> None:
+    for name, n in (("happy", 8), ("sad", 4)):
+        for i in range(n):
+            _write(tmp_path / "photos" / name / f"{i}.png", _img(i))
+    assert len(load_dataset(tmp_path / "photos", "all")) == 12
+    with pytest.raises(R.DatasetLayoutError, match=r"no test split: .* or .*/FER2013Test/label.csv .*--split all"):
+        load_dataset(tmp_path / "photos", "test")
+    (tmp_path / "empty" / "happy").mkdir(parents=True)
+    with pytest.raises(R.DatasetLayoutError, match="has no labelled images: expected <class>/"):
+        load_dataset(tmp_path / "empty", "all")
 
 
 def test_generic_folder_keeps_unknown_names(tmp_path: Path) -> None:
@@ -160,6 +195,19 @@ def test_ferplus_rules_and_soft_targets(tmp_path: Path) -> None:
     assert y[3] == -1 and y[4] == -1
 
 
+def test_ferplus_test_only_and_all(tmp_path: Path) -> None:
+    root = _ferplus(tmp_path / "ferplus", FERPLUS_ROWS)
+    (root / "FER2013Valid").rename(root / "FER2013Test")
+    assert detect_format(root) == "ferplus"
+    assert load_dataset(root, "test").targets.tolist() == load_dataset(root, "all").targets.tolist()
+    refusal = r"no val split: expected .*/FER2013Valid/label\.csv \(found FER2013Test\)"
+    with pytest.raises(R.DatasetLayoutError, match=refusal):
+        load_dataset(root, "val")
+    _ferplus(root, FERPLUS_ROWS[:3])  # a FER2013Valid/ beside it: "all" reads both folders
+    both = load_dataset(root, "all")
+    assert len(both) == 4 + 2 and both.soft is not None and both.soft.shape == (6, 8)
+
+
 def test_ferplus_real_labels() -> None:
     label = shared_path("data", "ferplus", "FER2013Valid", "label.csv")
     rows = list(csv.reader(label.open()))
@@ -184,6 +232,9 @@ def test_rafdb(tmp_path: Path) -> None:
     assert tr.images.shape == (3, 64, 64, 3)
     te = load_dataset(tmp_path, "val")
     assert te.targets.tolist() == [EMOTIONS_7.index("happy"), EMOTIONS_7.index("angry")]
+    assert len(load_dataset(tmp_path, "test", size=64)) == 2 and len(load_dataset(tmp_path, "all", size=64)) == 5
+    with pytest.raises(R.DatasetLayoutError, match=r"is not RAF-DB: expected .*/list_patition_label\.txt"):
+        load_dataset(tmp_path / "aligned", "test", "rafdb")
 
 
 def test_rafdb_real_labels() -> None:
@@ -207,6 +258,17 @@ def test_affectnet_folders_7_and_8(tmp_path: Path) -> None:
     assert sorted(set(d8.targets.tolist())) == list(range(8))
     d7 = load_dataset(tmp_path, "train", num_classes=7, size=32)
     assert len(d7) == 14 and d7.labels == EMOTIONS_7
+    assert len(load_dataset(tmp_path, "test", num_classes=8, size=32)) == 16  # AffectNet's test is its val
+    assert len(load_dataset(tmp_path, "all", num_classes=8, size=32)) == 32
+
+
+def test_affectnet_test_only_folder(tmp_path: Path) -> None:
+    for code in range(8):
+        _write(tmp_path / "test" / str(code) / "0.jpg", _img(20 * code, 64, True))
+    assert detect_format(tmp_path) == "affectnet"
+    assert len(load_dataset(tmp_path, "test", size=32)) == len(load_dataset(tmp_path, "all", size=32)) == 8
+    with pytest.raises(R.DatasetLayoutError, match=r"no AffectNet train split: expected .*training\.csv or"):
+        load_dataset(tmp_path, "train")
 
 
 def test_affectnet_csv(tmp_path: Path) -> None:

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
 
 from training.evaluate import (
     classification_report,
@@ -32,9 +39,12 @@ def test_report_matches_sklearn() -> None:
         pc = rep["per_class"][lab]
         assert (pc["precision"], pc["recall"], pc["f1"], pc["support"]) == (p[i], r[i], f[i], s[i])
     assert np.array_equal(rep["confusion"], confusion_matrix(Y_TRUE, Y_PRED))
+    assert rep["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(Y_TRUE, Y_PRED))
+    # a class without images has no recall to average: balanced accuracy is over the classes present
+    assert classification_report(Y_TRUE, Y_PRED, [*LABELS, "fear"])["balanced_accuracy"] == rep["balanced_accuracy"]
     scores = np.eye(3)[Y_PRED] * 2.0
     assert classification_report(Y_TRUE, scores, LABELS)["accuracy"] == 0.6
-    assert "macro F1" in format_report(rep)
+    assert "macro F1" in format_report(rep) and "balanced accuracy" in format_report(rep)
 
 
 def test_absent_class_gets_zero_not_error() -> None:

@@ -98,20 +98,36 @@ def export_command(
 def evaluate_command(
     model: Annotated[str, typer.Option("--model", help="NAME@ALIAS or NAME@VERSION from the model store.")],
     data: Annotated[Path, typer.Option("--data", help="Dataset folder or csv.", exists=True)],
-    split: Annotated[str, typer.Option("--split", help="train | val | test.")] = "val",
+    split: Annotated[
+        str, typer.Option("--split", help="train | val | test | all (every labelled image, all splits together).")
+    ] = "val",
     fmt: Annotated[str, typer.Option("--format", help="Dataset layout (auto-detected by default).")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for confusion.png and evaluation.json.", file_okay=False)
+    ] = None,
     confusion: Annotated[Path | None, typer.Option("--confusion", help="Write the confusion matrix PNG here.")] = None,
 ) -> None:
-    """Evaluate a stored ONNX model on a dataset split (accuracy, per-class table)."""
+    """Evaluate a stored ONNX model on a dataset split (accuracy, balanced accuracy, per-class table, ECE)."""
+    from service.cli.common import fail
+    from training.data.readers import READERS, SPLITS, DatasetLayoutError
     from training.evaluate import evaluate_store_model, format_report, save_confusion_png
 
-    if split not in ("train", "val", "test"):
-        raise typer.BadParameter("split must be train, val or test")
-    res: dict[str, Any] = evaluate_store_model(model, data, split, fmt)
+    if split not in (*SPLITS, "all"):
+        fail(f"--split must be one of {', '.join(SPLITS)}, all (got {split!r})", 2)
+    if fmt != "auto" and fmt not in READERS:
+        fail(f"--format must be auto or one of {', '.join(READERS)} (got {fmt!r})", 2)
+    try:
+        res: dict[str, Any] = evaluate_store_model(model, data, split, fmt)
+    except DatasetLayoutError as exc:
+        fail(str(exc), 2)
     rep = res.pop("_report")
-    if confusion is not None:
-        save_confusion_png(rep["confusion"], list(rep["per_class"]), confusion)
+    for png in [confusion, out / "confusion.png" if out else None]:
+        if png is not None:
+            save_confusion_png(rep["confusion"], res["confusion"]["labels"], png)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "evaluation.json").write_text(json.dumps(res, indent=1))
     if as_json:
         typer.echo(json.dumps(res, indent=1))
         return
@@ -124,8 +140,10 @@ def evaluate_command(
 
 def register(app: typer.Typer) -> None:
     """Add `train`, `export` and `evaluate`, then the commands of EXTRA_COMMAND_MODULES that exist."""
+    from service.cli.common import handle_errors  # here, not at import: service.cli imports this module
+
     app.command("train")(train_command)
-    app.command("evaluate")(evaluate_command)
+    app.command("evaluate")(handle_errors(evaluate_command))
     app.command("export")(export_command)
     for mod in EXTRA_COMMAND_MODULES:
         try:

@@ -23,15 +23,17 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def classification_report(y_true: np.ndarray, scores: np.ndarray, labels: list[str]) -> dict[str, Any]:
-    """Accuracy, macro F1, per-class precision/recall/F1/support and the confusion matrix.
+    """Accuracy, balanced accuracy, macro F1, per-class precision/recall/F1/support and the confusion matrix.
 
-    `scores` are N x C logits/probabilities (or N predicted class ids).
+    `scores` are N x C logits/probabilities (or N predicted class ids). Balanced accuracy is the mean
+    recall of the classes that have images (a class absent from `y_true` has no recall to average).
     """
     y_pred = scores.argmax(1) if scores.ndim == 2 else np.asarray(scores)
     ids = list(range(len(labels)))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
     return {
         "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
+        "balanced_accuracy": float(r[s > 0].mean()) if (s > 0).any() else 0.0,
         "macro_f1": float(np.mean(f)),
         "per_class": {
             lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
@@ -46,7 +48,10 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"{'class':<10} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}"]
     for lab, m in report["per_class"].items():
         lines.append(f"{lab:<10} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} {m['support']:>8d}")
-    lines.append(f"accuracy {report['accuracy']:.4f}   macro F1 {report['macro_f1']:.4f}")
+    lines.append(f"accuracy {report['accuracy']:.4f}   balanced accuracy {report['balanced_accuracy']:.4f}   "
+                 f"macro F1 {report['macro_f1']:.4f}")  # fmt: skip
+    if "ece" in report:
+        lines.append(f"ECE {report['ece']:.4f} (15 bins, the served probabilities)")
     return "\n".join(lines)
 
 
@@ -189,12 +194,24 @@ def onnx_logits(
     return np.concatenate(outs).astype(np.float32)
 
 
+def served_probabilities(resolved: Any, raw: np.ndarray) -> np.ndarray:
+    """The probabilities the service gives for model outputs `raw`: softmax of logits (or the model's own
+    probabilities), with the manifest's temperature applied, as `service.pipeline.classifier` does."""
+    from service.pipeline.classifier import outputs_probabilities
+
+    z = np.log(np.clip(raw.astype(np.float64), 1e-12, None)) if outputs_probabilities(resolved) else raw
+    return softmax(z, resolved.manifest.temperature or 1.0)
+
+
 def evaluate_store_model(ref: str, data_dir: Path, split: str = "val", fmt: str = "auto",
                          store_root: Path | None = None) -> dict[str, Any]:  # fmt: skip
-    """Evaluate `name@alias` from the model store on a dataset split; label sets are matched by name.
+    """Evaluate `name@alias` from the model store on a dataset split ("train", "val", "test" or "all").
 
-    When the model's labels and the dataset's differ (8-class FER+ model on 7-class data or the other
-    way round) the report also gives the accuracy restricted to the shared classes.
+    The result has accuracy, balanced accuracy, macro F1, per-class metrics, the confusion matrix
+    (`confusion`: `labels` and `matrix`, rows true, columns predicted) and the expected calibration
+    error of the served probabilities. Label sets are matched by name: when the model's labels and the
+    dataset's differ (8-class FER+ model on 7-class data or the other way round), the metrics are those
+    of the argmax restricted to the shared classes (`accuracy_shared`; `accuracy` stays unrestricted).
     """
     from model_store import ModelStore
     from training.data import load_dataset
@@ -206,24 +223,25 @@ def evaluate_store_model(ref: str, data_dir: Path, split: str = "val", fmt: str 
     resolved = ModelStore(store_root).get(ref)
     m = resolved.manifest
     ds = load_dataset(data_dir, split, fmt)  # type: ignore[arg-type]
-    logits = onnx_logits(resolved.model_path, m, ds.images)
+    probs = served_probabilities(resolved, onnx_logits(resolved.model_path, m, ds.images))
     model_labels = list(m.labels or [])
     result: dict[str, Any] = {"model": resolved.ref, "dataset": ds.name, "split": split, "n": len(ds)}
-    if model_labels == ds.labels:
-        rep = classification_report(ds.targets, logits, ds.labels)
-        result.update(accuracy=rep["accuracy"], macro_f1=rep["macro_f1"], per_class=rep["per_class"])
-        result["_report"] = rep
-        return result
-    shared = [c for c in model_labels if c in ds.labels]
-    keep = np.isin(ds.targets, [ds.labels.index(c) for c in shared])
-    y = np.array([shared.index(ds.labels[t]) for t in ds.targets[keep]])
-    sub = logits[keep][:, [model_labels.index(c) for c in shared]]
-    rep = classification_report(y, sub, shared)
-    full_pred = np.array([model_labels[i] for i in logits[keep].argmax(1)])
-    result.update(
-        shared_classes=shared, n_shared=int(keep.sum()), accuracy_shared=rep["accuracy"],
-        accuracy=float((full_pred == np.array(shared)[y]).mean()) if len(y) else 0.0,
-        macro_f1=rep["macro_f1"], per_class=rep["per_class"],
-    )  # fmt: skip
+    labels, y, p = ds.labels, ds.targets, probs
+    if model_labels != ds.labels:
+        labels = [c for c in model_labels if c in ds.labels]
+        keep = np.isin(ds.targets, [ds.labels.index(c) for c in labels])
+        y = np.array([labels.index(ds.labels[t]) for t in ds.targets[keep]], dtype=np.int64)
+        p = probs[keep][:, [model_labels.index(c) for c in labels]]
+        p = p / p.sum(1, keepdims=True).clip(min=1e-300)
+        full_pred = np.array([model_labels[i] for i in probs[keep].argmax(1)])
+        result.update(shared_classes=labels, n_shared=int(keep.sum()))
+    rep = classification_report(y, p, labels)
+    rep["ece"] = expected_calibration_error(p, y) if len(y) else 0.0
+    result.update(accuracy=rep["accuracy"], balanced_accuracy=rep["balanced_accuracy"], macro_f1=rep["macro_f1"],
+                  ece=rep["ece"], per_class=rep["per_class"],
+                  confusion={"labels": labels, "matrix": rep["confusion"].tolist()})  # fmt: skip
+    if model_labels != ds.labels:
+        result["accuracy_shared"] = rep["accuracy"]
+        result["accuracy"] = float((full_pred == np.array(labels)[y]).mean()) if len(y) else 0.0
     result["_report"] = rep
     return result
