@@ -106,6 +106,28 @@ class Settings(BaseSettings):
     ws_auth_timeout_s: float = Field(
         10.0, gt=0.0, le=600.0, description="How long a stream without a key header waits for its `auth` message."
     )
+    ws_reuse: bool = Field(True, description="Reuse work across a stream's frames (follow faces, skip unchanged ones).")
+    ws_detect_every: int = Field(
+        5, ge=1, le=1000, description="With reuse: full face detection at least every this many processed frames."
+    )
+    ws_reclassify_every: int = Field(
+        15, ge=1, le=1000, description="With reuse: a face's emotion is classified again after this many frames."
+    )
+    ws_reclassify_ms: float = Field(
+        1000.0, gt=0.0, le=60_000.0, description="With reuse: ... or after this many milliseconds."
+    )
+    ws_reuse_change: float = Field(
+        10.0,
+        ge=0.0,
+        le=255.0,
+        description="With reuse: crop change (0-255, in any cell of a 4x4 grid) that forces reclassifying.",
+    )
+    ws_reuse_margin: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="With reuse: faces whose top two probabilities are closer are classified every frame.",
+    )
     ws_max_streams: int = Field(
         64, ge=1, le=100_000, description="Open streams per worker; one more is closed with 1013 (retry later)."
     )

@@ -217,3 +217,58 @@ def test_server_max_faces_is_a_ceiling_and_batches_stay_bounded(store: ModelStor
     many, fewer = asyncio.run(main())
     assert len(many.faces) == 12 and len(fewer.faces) == 2
     assert max(pipe.classifier.batcher.batch_sizes) <= 5
+
+
+def _bright(seed: int, value: int = 180) -> np.ndarray:
+    """A camera-like bright frame (the test detector finds one face in the middle of bright images)."""
+    img = np.random.default_rng(seed).integers(value - 40, value + 40, (240, 320, 3)).astype(np.uint8)
+    return np.asarray(cv2.GaussianBlur(img, (0, 0), 3), dtype=np.uint8)
+
+
+def test_stream_reuse_skips_unchanged_faces_and_agrees_with_full_analysis(tiny_pipeline: Pipeline) -> None:
+    from service.pipeline.stream_reuse import ReusePolicy, StreamState
+
+    still = _bright(1)
+    other = _bright(2, value=150)  # a different face crop: classified again at once
+    frames = [still] * 8 + [other] * 2
+    policy = ReusePolicy(detect_every=3, reclassify_every=5, max_age_ms=1e9, margin=0.0)  # no clock in the test
+
+    async def main() -> list[tuple[AnalysisResult, AnalysisResult, list[tuple[bool, int]]]]:
+        state, out = StreamState(), []
+        try:
+            for frame in frames:
+                full = await tiny_pipeline.analyze(frame)
+                reused, how = await tiny_pipeline.analyze_stream(frame, None, state, policy)
+                out.append((full, reused, [(h.classified, h.age) for h in how]))
+            return out
+        finally:
+            await tiny_pipeline.aclose()
+
+    runs = asyncio.run(main())
+    assert [how for _, _, how in runs] == [
+        [(True, 0)], [(False, 1)], [(False, 2)], [(False, 3)], [(False, 4)],  # reclassify_every=5
+        [(True, 0)], [(False, 1)], [(False, 2)],
+        [(True, 0)], [(False, 1)],  # the crop changed
+    ]  # fmt: skip
+    for full, reused, _ in runs:  # same faces, same boxes (within a pixel), same label as full analysis
+        _check_result(reused)
+        assert len(full.faces) == len(reused.faces) == 1
+        a, b = full.faces[0], reused.faces[0]
+        assert abs(a.box.x1 - b.box.x1) < 1 and abs(a.box.y2 - b.box.y2) < 1
+        assert a.emotion.label == b.emotion.label
+
+
+def test_stream_reuse_off_does_all_the_work(tiny_pipeline: Pipeline) -> None:
+    from service.pipeline.stream_reuse import ReusePolicy, StreamState
+
+    async def main() -> list[bool]:
+        state, seen = StreamState(), []
+        try:
+            for _ in range(4):
+                _, how = await tiny_pipeline.analyze_stream(_bright(1), None, state, ReusePolicy(enabled=False))
+                seen += [h.classified for h in how]
+            return seen
+        finally:
+            await tiny_pipeline.aclose()
+
+    assert asyncio.run(main()) == [True] * 4

@@ -21,7 +21,7 @@ from tests.api_server import Server, run_server
 from tests.helpers.tiny_models import publish_test_models, publish_tiny_classifier, tiny_models_env
 
 RESULT_KEYS = {"type", "frame_id", "ts", "latency_ms", "faces", "dropped_since_last"}
-FACE_KEYS = {"track_id", "box", "score", "landmarks", "emotion"}
+FACE_KEYS = {"track_id", "box", "score", "landmarks", "emotion", "classified", "emotion_age"}
 EMOTION_KEYS = {"label", "confidence", "scores", "smoothed_scores"}
 
 
@@ -39,7 +39,8 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def env(root: Path, **extra: str) -> dict[str, str]:
-    return tiny_models_env(root, EMOSERVE_WS_MAX_FRAME_BYTES="200000", **extra)
+    # no clock in reuse decisions: a busy machine must not change which frames are classified
+    return tiny_models_env(root, EMOSERVE_WS_MAX_FRAME_BYTES="200000", EMOSERVE_WS_RECLASSIFY_MS="60000", **extra)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,8 @@ def run(coro: Any) -> Any:
 def test_results_carry_the_contract_fields(server: Server) -> None:
     async def go() -> list[dict[str, Any]]:
         async with connect(ws_url(server), compression=None) as ws:
-            await ws.send(json.dumps({"type": "config", "smoothing": 0.5, "track": True, "max_faces": 3}))
+            config = {"type": "config", "smoothing": 0.5, "track": True, "max_faces": 3, "reuse": False}
+            await ws.send(json.dumps(config))  # reuse off: every frame classified, so the EMA moves
             await ws.send(json.dumps({"type": "ping"}))
             assert await recv_json(ws) == {"type": "pong"}
             out = []
@@ -97,6 +99,22 @@ def test_results_carry_the_contract_fields(server: Server) -> None:
     # smoothing: the EMA differs from the raw scores after the first frame
     last = results[-1]["faces"][0]["emotion"]
     assert last["smoothed_scores"] != pytest.approx(last["scores"], abs=1e-6)
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_reuse_says_what_each_emotion_rests_on(server: Server, reuse: bool) -> None:
+    async def go() -> list[tuple[bool, int]]:
+        async with connect(ws_url(server), compression=None) as ws:
+            await ws.send(json.dumps({"type": "config", "reuse": reuse, "detect_every": 2, "reclassify_every": 3}))
+            out = []
+            for _ in range(5):  # the same frame, in lockstep
+                await ws.send(frame(1))
+                face = (await next_of(ws, "result"))["faces"][0]
+                out.append((face["classified"], face["emotion_age"]))
+            return out
+
+    expected = [(True, 0), (False, 1), (False, 2), (True, 0), (False, 1)] if reuse else [(True, 0)] * 5
+    assert run(go()) == expected
 
 
 def test_track_false_gives_null_ids_and_raw_scores(server: Server) -> None:

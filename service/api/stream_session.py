@@ -36,6 +36,7 @@ from service.errors import (
     spec_for,
 )
 from service.pipeline.schema import AnalysisResult
+from service.pipeline.stream_reuse import FaceReuse, ReusePolicy, StreamState
 from service.pipeline.stream_schema import (
     Auth,
     FrameMeta,
@@ -71,6 +72,7 @@ class StreamSession:
         self.config = StreamSettings()
         self.tracker = IouTracker(TrackerConfig(max_missed=s.ws_track_max_missed, smoothing=self.config.smoothing))
         self.slot = FrameSlot()
+        self.frames = StreamState()  # work carried across frames (faces, their crops and emotions)
         self.dropped = 0
         self.seq = 0
         self.meta: FrameMeta | None = None
@@ -229,7 +231,7 @@ class StreamSession:
             limit = self._fps_limit()
             next_at = time.perf_counter() + (1.0 / limit if limit > 0 else 0.0)
             try:
-                result = await self._analyze(frame)
+                result, reuse = await self._analyze(frame)
             except RECOVERABLE as exc:
                 metrics.ws_frames.labels(outcome="invalid").inc()
                 error = StreamError(
@@ -245,24 +247,34 @@ class StreamSession:
                 frame_id=frame.frame_id,
                 ts=frame.ts,
                 latency_ms=round(latency * 1000.0, 2),
-                faces=self._faces(result),
+                faces=self._faces(result, reuse),
                 dropped_since_last=self.dropped,
             )
             self.dropped = 0
             await self._send(message)
 
-    async def _analyze(self, frame: PendingFrame) -> AnalysisResult:
+    def _policy(self) -> ReusePolicy:
+        s, c = self.ctx.settings, self.config
+        return ReusePolicy(
+            enabled=s.ws_reuse if c.reuse is None else c.reuse,
+            detect_every=c.detect_every or s.ws_detect_every,
+            reclassify_every=c.reclassify_every or s.ws_reclassify_every,
+            max_age_ms=s.ws_reclassify_ms,
+            change=s.ws_reuse_change,
+            margin=s.ws_reuse_margin,
+        )
+
+    async def _analyze(self, frame: PendingFrame) -> tuple[AnalysisResult, list[FaceReuse]]:
         timeout = self.ctx.settings.request_timeout_s
         async with self.ctx.manager.use() as pipeline:
             try:
-                result: AnalysisResult = await asyncio.wait_for(
-                    pipeline.analyze(frame.data, self.config.options()), timeout
+                return await asyncio.wait_for(
+                    pipeline.analyze_stream(frame.data, self.config.options(), self.frames, self._policy()), timeout
                 )
             except TimeoutError as exc:
                 raise RequestTimeout(f"frame took longer than {timeout} s") from exc
-        return result
 
-    def _faces(self, result: AnalysisResult) -> list[StreamFace]:
+    def _faces(self, result: AnalysisResult, reuse: list[FaceReuse]) -> list[StreamFace]:
         """Attach track ids and smoothed scores to the pipeline's faces."""
         tracks = (
             self.tracker.update([(f.box.x1, f.box.y1, f.box.x2, f.box.y2) for f in result.faces])
@@ -271,7 +283,7 @@ class StreamSession:
         )
         smoothing = self.config.smoothing > 0
         faces = []
-        for face, track in zip(result.faces, tracks, strict=True):
+        for face, track, how in zip(result.faces, tracks, reuse, strict=True):
             labels = list(face.emotion.scores)
             raw = np.array([face.emotion.scores[k] for k in labels])
             smoothed = track.smoother.update(raw) if track is not None else raw
@@ -289,6 +301,8 @@ class StreamSession:
                         scores=face.emotion.scores,
                         smoothed_scores={k: round(float(v), 6) for k, v in zip(labels, smoothed, strict=True)},
                     ),
+                    classified=how.classified,
+                    emotion_age=how.age,
                 )
             )
         return faces

@@ -26,6 +26,17 @@ from service.pipeline.schema import (
     ModelsUsed,
     Timings,
 )
+from service.pipeline.stream_reuse import (
+    FaceReuse,
+    ReusePolicy,
+    StreamState,
+    TrackedFace,
+    follow,
+    grey_for_flow,
+    match_previous,
+    needs_classifying,
+    thumbnail,
+)
 from service.runtime.sessions import SessionPool
 from service.settings import Settings
 
@@ -103,18 +114,20 @@ class Pipeline:
     # -- analysis ----------------------------------------------------------------------------
     def _prepare(self, image: ImageInput, opts: AnalyzeOptions) -> _Prepared:
         t0 = time.perf_counter()
-        if isinstance(image, np.ndarray):
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise InvalidImage(f"an image array must be BGR uint8 (H, W, 3), got {image.dtype} {image.shape}")
-            bgr = image
-        else:
-            bgr = decode_image(image, self.settings.max_image_pixels)
+        bgr = self._decode(image)
         t1 = time.perf_counter()
         faces = self._detect(bgr, opts)
         t2 = time.perf_counter()
         batch = self.classifier.preprocess(bgr, [(f.box, f.landmarks) for f in faces])
         t3 = time.perf_counter()
         return _Prepared(bgr, faces, batch, t1 - t0, t2 - t1, t3 - t2)
+
+    def _decode(self, image: ImageInput) -> np.ndarray:
+        if isinstance(image, np.ndarray):
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise InvalidImage(f"an image array must be BGR uint8 (H, W, 3), got {image.dtype} {image.shape}")
+            return image
+        return decode_image(image, self.settings.max_image_pixels)
 
     def _detect(self, bgr: np.ndarray, opts: AnalyzeOptions) -> list[DetectedFace]:
         threshold = opts.threshold if opts.threshold is not None else self.settings.detector_threshold
@@ -175,6 +188,63 @@ class Pipeline:
         prep = await asyncio.to_thread(self._prepare, image, opts)
         timed = await self.classifier.classify(prep.batch)
         return self._result(prep, timed.result, opts, timed.queue_s, timed.run_s, t0)
+
+    async def analyze_stream(
+        self, image: ImageInput, options: OptionsInput, state: StreamState, policy: ReusePolicy
+    ) -> tuple[AnalysisResult, list[FaceReuse]]:
+        """One frame of a stream: like `analyze`, reusing the stream's work where `policy` allows
+        (`service.pipeline.stream_reuse`); says for each face whether it was classified now."""
+        t0 = time.perf_counter()
+        opts = AnalyzeOptions.parse(options)
+        if state.owner is not self:  # probabilities of another classifier are not reused
+            state.reset()
+            state.owner = self
+        prep, fresh, before = await asyncio.to_thread(self._prepare_stream, image, opts, state, policy)
+        timed = await self.classifier.classify(prep.batch)
+        now = time.perf_counter()
+        probs = np.zeros((len(prep.faces), len(self.classifier.labels)))
+        reuse, tracked, k = [], [], 0
+        for i, (face, prev) in enumerate(zip(prep.faces, before, strict=True)):
+            if fresh[i] is not None:
+                probs[i] = timed.result[k]
+                tracked.append(TrackedFace(face, fresh[i], probs[i], now, 0))
+                reuse.append(FaceReuse(True, 0))
+                k += 1
+            else:
+                assert prev is not None and prev.probs is not None
+                probs[i] = prev.probs
+                tracked.append(TrackedFace(face, prev.thumb, prev.probs, prev.classified_at, prev.age + 1))
+                reuse.append(FaceReuse(False, prev.age + 1))
+        state.faces = tracked
+        return self._result(prep, probs, opts, timed.queue_s, timed.run_s, t0), reuse
+
+    def _prepare_stream(
+        self, image: ImageInput, opts: AnalyzeOptions, state: StreamState, policy: ReusePolicy
+    ) -> tuple[_Prepared, list[np.ndarray | None], list[TrackedFace | None]]:
+        """Decode, detect or follow, align; the thumbnails of the faces to classify (None: reused)."""
+        t0 = time.perf_counter()
+        bgr = self._decode(image)
+        t1 = time.perf_counter()
+        grey, scale = grey_for_flow(bgr)
+        faces: list[DetectedFace] | None = None
+        due = not policy.enabled or not state.faces or state.since_detect + 1 >= policy.detect_every
+        if not due and state.grey is not None and state.grey.shape == grey.shape:
+            faces = follow(state.grey, grey, scale, [t.face for t in state.faces])
+        if faces is None:
+            faces, state.since_detect = self._detect(bgr, opts), 0
+            before = match_previous(state, faces)
+        else:
+            state.since_detect += 1
+            before = list(state.faces)
+        state.grey, state.scale = grey, scale
+        t2 = time.perf_counter()
+        crops = [self.classifier.preprocessor.crop(bgr, f.box, f.landmarks) for f in faces]
+        thumbs = [thumbnail(c) for c in crops]
+        now = time.perf_counter()
+        fresh = [t if needs_classifying(policy, b, t, now) else None for t, b in zip(thumbs, before, strict=True)]
+        batch = self.classifier.preprocessor.normalize([c for c, f in zip(crops, fresh, strict=True) if f is not None])
+        t3 = time.perf_counter()
+        return _Prepared(bgr, faces, batch, t1 - t0, t2 - t1, t3 - t2), fresh, before
 
     def analyze_sync(self, image: ImageInput, options: OptionsInput = None) -> AnalysisResult:
         """Blocking analysis without the batcher (CLI, scripts); the same result as `analyze`."""

@@ -28,6 +28,9 @@ class StreamConfig(_In):
     smoothing: float | None = Field(None, ge=0.0, le=1.0, description="EMA weight of the past (0 = off).")
     track: bool | None = Field(None, description="Track faces across frames (track_id); false gives null ids.")
     fps_limit: float | None = Field(None, ge=0.0, le=1000.0, description="Most frames processed per second (0 = none).")
+    reuse: bool | None = Field(None, description="Reuse work across frames (default: EMOSERVE_WS_REUSE).")
+    detect_every: int | None = Field(None, ge=1, le=1000, description="Full detection every N processed frames.")
+    reclassify_every: int | None = Field(None, ge=1, le=1000, description="Classify a face again after N frames.")
 
 
 class FrameMeta(_In):
@@ -68,6 +71,9 @@ class StreamSettings(BaseModel):
     smoothing: float = 0.6
     track: bool = True
     fps_limit: float = 0.0
+    reuse: bool | None = None
+    detect_every: int | None = None
+    reclassify_every: int | None = None
 
     def merged(self, update: StreamConfig) -> StreamSettings:
         changes: dict[str, Any] = update.model_dump(exclude={"type"}, exclude_none=True)
@@ -90,6 +96,8 @@ class StreamFace(BaseModel):
     score: float
     landmarks: list[list[float]] | None = None
     emotion: StreamEmotion
+    classified: bool = Field(True, description="the emotion was computed for this frame (false: carried over)")
+    emotion_age: int = Field(0, description="processed frames since this face's emotion was computed")
 
 
 class StreamResult(BaseModel):

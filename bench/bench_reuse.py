@@ -1,0 +1,145 @@
+"""Stream reuse against full per-frame analysis on the shared clips: agreement and work saved.
+
+    .venv/bin/python bench/bench_reuse.py [--clips woman2,walkway] [--frames 200]
+
+Every frame of each clip goes through `Pipeline.analyze` (full: detect and classify every face) and,
+separately, through `Pipeline.analyze_stream` with the default reuse policy. A face of the full
+analysis agrees when the reuse path has a face with box IoU >= 0.7 and the same label. Prints a
+table: agreement, detections and classifications run, and time per frame of each path (same run,
+same process, default models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from service.pipeline.analyze import Pipeline  # noqa: E402
+from service.pipeline.schema import AnalysisResult  # noqa: E402
+from service.pipeline.stream_reuse import ReusePolicy, StreamState  # noqa: E402
+from service.pipeline.tracking import iou_matrix  # noqa: E402
+from service.settings import get_settings  # noqa: E402
+
+CLIPS = {
+    "woman2": REPO.parent / "shared" / "media" / "videos" / "woman2.mp4",
+    "walkway": REPO.parent / "shared" / "media" / "videos" / "multiface" / "walkway_1080p.mp4",
+}
+
+
+@dataclass
+class Row:
+    clip: str
+    frames: int = 0
+    face_frames: int = 0
+    agree: int = 0
+    classified: int = 0
+    detections: int = 0
+    full_s: float = 0.0
+    reuse_s: float = 0.0
+
+
+def frames_of(path: Path, limit: int) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    out: list[np.ndarray] = []
+    while len(out) < limit:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        out.append(frame)
+    cap.release()
+    return out
+
+
+def agreement(full: AnalysisResult, reused: AnalysisResult) -> int:
+    """Faces of `full` matched in `reused` with IoU >= 0.7 and the same label."""
+    if not full.faces or not reused.faces:
+        return 0
+    boxes = [[(f.box.x1, f.box.y1, f.box.x2, f.box.y2) for f in r.faces] for r in (full, reused)]
+    iou = iou_matrix(boxes[0], boxes[1])
+    agree = 0
+    for i, face in enumerate(full.faces):
+        j = int(np.argmax(iou[i]))
+        agree += iou[i, j] >= 0.7 and reused.faces[j].emotion.label == face.emotion.label
+    return agree
+
+
+async def run_clip(pipe: Pipeline, name: str, frames: list[np.ndarray], policy: ReusePolicy) -> Row:
+    row = Row(name, len(frames))
+    full = []
+    start = time.perf_counter()
+    for frame in frames:
+        full.append(await pipe.analyze(frame))
+    row.full_s = time.perf_counter() - start
+    state = StreamState()
+    start = time.perf_counter()
+    reused = []
+    for frame in frames:
+        result, how = await pipe.analyze_stream(frame, None, state, policy)
+        row.detections += state.since_detect == 0
+        row.classified += sum(h.classified for h in how)
+        reused.append(result)
+    row.reuse_s = time.perf_counter() - start
+    for a, b in zip(full, reused, strict=True):
+        row.face_frames += len(a.faces)
+        row.agree += agreement(a, b)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", default="woman2,walkway")
+    ap.add_argument("--frames", type=int, default=200)
+    ap.add_argument("--detect-every", type=int, default=None)
+    ap.add_argument("--reclassify-every", type=int, default=None)
+    ap.add_argument("--change", type=float, default=None)
+    args = ap.parse_args()
+    s = get_settings()
+    policy = ReusePolicy(
+        detect_every=args.detect_every or s.ws_detect_every,
+        reclassify_every=args.reclassify_every or s.ws_reclassify_every,
+        max_age_ms=s.ws_reclassify_ms,
+        change=s.ws_reuse_change if args.change is None else args.change,
+        margin=s.ws_reuse_margin,
+    )
+    pipe = Pipeline.load(s)
+
+    async def run_all() -> list[Row]:
+        try:
+            return [await run_clip(pipe, n, frames_of(CLIPS[n], args.frames), policy) for n in args.clips.split(",")]
+        finally:
+            await pipe.aclose()
+
+    rows = asyncio.run(run_all())
+    table = Table(title=f"stream reuse vs full analysis ({policy})")
+    for col in ("clip", "frames", "face-frames", "agreement", "detections", "classifications", "full ms/frame",
+                "reuse ms/frame", "speed-up"):  # fmt: skip
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r.clip,
+            str(r.frames),
+            str(r.face_frames),
+            f"{r.agree / max(1, r.face_frames):.1%}",
+            f"{r.detections} ({r.detections / max(1, r.frames):.0%})",
+            f"{r.classified} ({r.classified / max(1, r.face_frames):.0%})",
+            f"{r.full_s / r.frames * 1000:.1f}",
+            f"{r.reuse_s / r.frames * 1000:.1f}",
+            f"{r.full_s / r.reuse_s:.2f}x",
+        )
+    Console(width=200).print(table)
+
+
+if __name__ == "__main__":
+    main()
