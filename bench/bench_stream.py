@@ -1,11 +1,17 @@
-"""Stream benchmark (not a test): frames/s and latency p50/p95 for 1, 2 and 4 concurrent 640x480 streams.
+"""Stream benchmark (not a test): lockstep and paced streams, with reuse across frames on and off.
 
-    .venv/bin/python bench/bench_stream.py --url http://127.0.0.1:8000 --seconds 10
+    .venv/bin/python bench/bench_stream.py [--url http://127.0.0.1:8000] [--seconds 8] [--reuse both]
 
 Without --url it starts a server itself (YuNet from ../shared when present, else the test detector;
-the shipped emotion-ferplus8, else the tiny test classifier). Each stream sends frames in lockstep
-(next frame when the result is back), so fps is what the server sustains and latency is the round
-trip. Targets on 2 CPU cores: one stream >= 30 fps with p95 <= 50 ms; four streams >= 15 fps each.
+the shipped emotion-ferplus8, else the tiny test classifier).
+- **Lockstep:** 1, 2 and 4 concurrent 640x480 streams; each sends its next frame when the result is
+  back, so fps is what the server sustains and latency is the round trip.
+- **Paced** (`--paced`, needs ../shared): woman2.mp4 at 30 fps and walkway_1080p.mp4 at 25 fps sent at
+  their own pace, as a camera does: frames processed, dropped, errors (they must add up to the
+  frames sent), round-trip p50/p95, and the track ids given out, against a reference run that
+  analyses every frame (lockstep, reuse off).
+Each table row is measured with reuse on and off (`{"type": "config", "reuse": ...}`) against the
+same server in the same run; the ratio is the comparison.
 """
 
 from __future__ import annotations
@@ -43,12 +49,12 @@ def make_frames(n: int = 30) -> list[bytes]:
     return frames
 
 
-async def one_stream(url: str, frames: list[bytes], seconds: float) -> tuple[int, list[float]]:
+async def one_stream(url: str, frames: list[bytes], seconds: float, reuse: bool = True) -> tuple[int, list[float]]:
     from websockets.asyncio.client import connect
 
     latencies: list[float] = []
     async with connect(url, compression=None) as ws:
-        await ws.send(json.dumps({"type": "config", "smoothing": 0.6, "fps_limit": 0}))
+        await ws.send(json.dumps({"type": "config", "smoothing": 0.6, "fps_limit": 0, "reuse": reuse}))
         end = time.perf_counter() + seconds
         i = 0
         while time.perf_counter() < end:
@@ -61,11 +67,85 @@ async def one_stream(url: str, frames: list[bytes], seconds: float) -> tuple[int
     return i, latencies
 
 
-async def run_level(url: str, frames: list[bytes], streams: int, seconds: float) -> tuple[float, float, float]:
-    out = await asyncio.gather(*(one_stream(url, frames, seconds) for _ in range(streams)))
+async def run_level(
+    url: str, frames: list[bytes], streams: int, seconds: float, reuse: bool
+) -> tuple[float, float, float]:
+    out = await asyncio.gather(*(one_stream(url, frames, seconds, reuse) for _ in range(streams)))
     lat = np.concatenate([np.asarray(lats) for _, lats in out])
     per_stream_fps = float(np.mean([n / seconds for n, _ in out]))
     return per_stream_fps, float(np.percentile(lat, 50)), float(np.percentile(lat, 95))
+
+
+CLIPS = {"woman2": ("woman2.mp4", 30.0), "walkway": ("multiface/walkway_1080p.mp4", 25.0)}
+
+
+def clip_frames(name: str) -> list[bytes]:
+    """Every frame of a shared clip at its own size, JPEG quality 80."""
+    cap = cv2.VideoCapture(str(REPO.parent / "shared" / "media" / "videos" / CLIPS[name][0]))
+    out: list[bytes] = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            return out
+        out.append(bytes(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])[1]))
+
+
+async def paced(url: str, frames: list[bytes], fps: float, reuse: bool, lockstep: bool = False) -> dict[str, float]:
+    """Send `frames` at `fps` (or in lockstep) and account for every one of them."""
+    from websockets.asyncio.client import connect
+
+    sent: dict[int, float] = {}
+    rtt: list[float] = []
+    counts = {"processed": 0, "dropped": 0, "errors": 0}
+    tracks: set[int] = set()
+    async with connect(url, compression=None, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "config", "fps_limit": 0, "reuse": reuse}))
+        done = asyncio.Event()
+
+        async def reader() -> None:
+            while True:
+                msg = json.loads(await ws.recv())
+                if msg["type"] not in ("result", "error"):
+                    continue
+                counts["processed" if msg["type"] == "result" else "errors"] += 1
+                counts["dropped"] += msg.get("dropped_since_last", 0)
+                rtt.append((time.perf_counter() - sent[msg["frame_id"]]) * 1000)
+                tracks.update(f["track_id"] for f in msg.get("faces", []) if f["track_id"] is not None)
+                done.set()
+                if msg["frame_id"] == len(frames) - 1:
+                    return
+
+        task = asyncio.create_task(reader())
+        start = time.perf_counter()
+        for i, data in enumerate(frames):
+            if lockstep and i > 0:  # the previous frame's answer is back
+                await done.wait()
+                done.clear()
+            elif not lockstep:
+                await asyncio.sleep(max(0.0, start + i / fps - time.perf_counter()))
+            sent[i] = time.perf_counter()
+            await ws.send(json.dumps({"type": "frame", "id": i}))
+            await ws.send(data)
+        await asyncio.wait_for(task, 120)
+        elapsed = time.perf_counter() - start
+    total = counts["processed"] + counts["dropped"] + counts["errors"]
+    return {**counts, "sent": len(frames), "accounted": float(total == len(frames)),
+            "fps": counts["processed"] / elapsed, "p50": float(np.percentile(rtt, 50)),
+            "p95": float(np.percentile(rtt, 95)), "tracks": len(tracks)}  # fmt: skip
+
+
+def paced_tables(url: str, modes: list[bool]) -> None:
+    print(f"{'clip':>8} | {'reuse':>5} | {'sent':>4} | {'processed':>9} | {'dropped':>7} | {'errors':>6} | "
+          f"{'exact':>5} | {'fps':>5} | {'p50 ms':>7} | {'p95 ms':>7} | {'track ids':>9} | {'ref ids':>7}")  # fmt: skip
+    print("-" * 112)
+    for name, (_, fps) in CLIPS.items():
+        frames = clip_frames(name)
+        reference = asyncio.run(paced(url, frames, fps, reuse=False, lockstep=True))
+        for reuse in modes:
+            r = asyncio.run(paced(url, frames, fps, reuse))
+            print(f"{name:>8} | {'on' if reuse else 'off':>5} | {r['sent']:>4} | {r['processed']:>9} | "
+                  f"{r['dropped']:>7} | {r['errors']:>6} | {'yes' if r['accounted'] else 'NO':>5} | {r['fps']:>5.1f} | "
+                  f"{r['p50']:>7.1f} | {r['p95']:>7.1f} | {r['tracks']:>9} | {reference['tracks']:>7}")  # fmt: skip
 
 
 def start_server(stack: ExitStack, classifier: str = "emotion-ferplus8@production") -> str:
@@ -105,17 +185,24 @@ def main() -> None:
     parser.add_argument(
         "--classifier", default="emotion-ferplus8@production", help="e.g. emotion-ferplus8-fast@production"
     )
+    parser.add_argument("--reuse", choices=["on", "off", "both"], default="both", help="reuse across frames")
+    parser.add_argument("--paced", action="store_true", help="also the paced runs of the shared clips")
     args = parser.parse_args()
+    modes = {"on": [True], "off": [False], "both": [False, True]}[args.reuse]
     frames = make_frames()
     with ExitStack() as stack:
         base = args.url or start_server(stack, args.classifier)
         url = base.replace("http", "ws", 1).rstrip("/") + "/v1/stream"
         asyncio.run(one_stream(url, frames, 1.0))  # warm-up
-        print(f"{'streams':>7} | {'fps/stream':>10} | {'total fps':>9} | {'p50 ms':>7} | {'p95 ms':>7}")
-        print("-" * 53)
+        print(f"{'streams':>7} | {'reuse':>5} | {'fps/stream':>10} | {'total fps':>9} | {'p50 ms':>7} | {'p95 ms':>7}")
+        print("-" * 61)
         for n in (int(s) for s in args.streams.split(",")):
-            fps, p50, p95 = asyncio.run(run_level(url, frames, n, args.seconds))
-            print(f"{n:>7} | {fps:>10.1f} | {fps * n:>9.1f} | {p50:>7.1f} | {p95:>7.1f}")
+            for reuse in modes:
+                fps, p50, p95 = asyncio.run(run_level(url, frames, n, args.seconds, reuse))
+                on = "on" if reuse else "off"
+                print(f"{n:>7} | {on:>5} | {fps:>10.1f} | {fps * n:>9.1f} | {p50:>7.1f} | {p95:>7.1f}")
+        if args.paced:
+            paced_tables(url, modes)
 
 
 if __name__ == "__main__":

@@ -85,3 +85,22 @@ def test_smoothing_lowers_label_flips_on_noisy_scores() -> None:
     assert label_flips(raw) > 40
     assert label_flips(smooth) < label_flips(raw) / 4
     assert smooth.count("happy") > raw.count("happy")
+
+
+def test_motion_gating_keeps_ids_through_dropped_frames() -> None:
+    """Frames dropped under backpressure make faces jump between processed frames (IoU < 0.3)."""
+    t = IouTracker(TrackerConfig(max_missed=3))
+    walker = [(x, 100.0, x + 50.0, 150.0) for x in (0.0, 40.0, 80.0)]  # 40 px steps: IoU 0.11
+    ids = [t.update([box])[0].id for box in walker]
+    assert ids == [1, 1, 1]
+    t.update([])  # one frame without the face
+    assert t.update([(160.0, 100.0, 210.0, 150.0)])[0].id == 1  # where its velocity says, two steps on
+
+
+def test_motion_gating_refuses_far_or_resized_faces() -> None:
+    t = IouTracker(TrackerConfig())
+    t.update([(0.0, 0.0, 50.0, 50.0)])
+    assert t.update([(200.0, 0.0, 250.0, 50.0)])[0].id == 2  # four face sizes away: someone else
+    t = IouTracker(TrackerConfig())
+    t.update([(0.0, 0.0, 100.0, 100.0)])
+    assert t.update([(30.0, 30.0, 70.0, 70.0)])[0].id == 2  # same place, 0.4 of the size: someone else

@@ -1,10 +1,15 @@
-"""Multi-face tracking for streams: an IoU tracker with Hungarian matching and per-track smoothing.
+"""Multi-face tracking for streams: an IoU tracker with motion gating, Hungarian matching and
+per-track smoothing.
 
-Each frame's detections are matched to the live tracks by maximising the total IoU
-(`scipy.optimize.linear_sum_assignment` on `1 - IoU`); a pair counts only when its IoU reaches
-`iou_threshold`. Unmatched detections start new tracks (ids 1, 2, ... per tracker); a track that
-goes unmatched for more than `max_missed` consecutive frames expires. Every track carries an
-`EmaSmoother` of its emotion probabilities.
+Each track predicts where its face is now from its velocity (centre motion per processed frame)
+and the frames it has missed. Detections are matched to the predictions by Hungarian assignment
+(`scipy.optimize.linear_sum_assignment`): a pair whose IoU reaches `iou_threshold` costs `1 - IoU`;
+a pair below it can still match, at a higher cost, when the face kept its size (side ratio at least
+`min_size_ratio`) and its centre moved at most `gate` face sizes per frame elapsed, which is what
+happens when the server drops frames and faces jump between processed ones. Unmatched detections
+start new tracks (ids 1, 2, ... per tracker); a track that goes unmatched for more than
+`max_missed` consecutive frames expires. Every track carries an `EmaSmoother` of its emotion
+probabilities.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 BoxT = tuple[float, float, float, float]
+_NO_MATCH = 1e6
 
 
 def as_box(values: Sequence[float] | np.ndarray) -> BoxT:
@@ -71,6 +77,31 @@ class Track:
     hits: int = 1
     missed: int = 0
     age: int = 1
+    velocity: tuple[float, float] = (0.0, 0.0)  # centre motion per processed frame, px
+
+    def predicted(self) -> BoxT:
+        """The box moved by its velocity over the frames since it was last seen."""
+        steps = self.missed + 1
+        dx, dy = self.velocity[0] * steps, self.velocity[1] * steps
+        x1, y1, x2, y2 = self.box
+        return (x1 + dx, y1 + dy, x2 + dx, y2 + dy)
+
+    def moved_to(self, box: BoxT) -> None:
+        """Take the matched box; update the velocity (smoothed) from the centre motion."""
+        steps = self.missed + 1
+        (cx0, cy0), (cx1, cy1) = _centre(self.box), _centre(box)
+        v = ((cx1 - cx0) / steps, (cy1 - cy0) / steps)
+        self.velocity = (0.5 * self.velocity[0] + 0.5 * v[0], 0.5 * self.velocity[1] + 0.5 * v[1])
+        self.box, self.missed = box, 0
+        self.hits += 1
+
+
+def _centre(box: BoxT) -> tuple[float, float]:
+    return ((box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0)
+
+
+def _side(box: BoxT) -> float:
+    return float(np.sqrt(max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)))
 
 
 @dataclass
@@ -78,6 +109,8 @@ class TrackerConfig:
     iou_threshold: float = 0.3
     max_missed: int = 10
     smoothing: float = 0.0
+    gate: float = 1.0  # most centre motion, in face sizes per frame elapsed, for a match below the IoU threshold
+    min_size_ratio: float = 0.6
 
 
 @dataclass
@@ -95,13 +128,12 @@ class IouTracker:
         assigned: list[Track | None] = [None] * len(boxes)
         matched_tracks: set[int] = set()
         if self.tracks and boxes:
-            ious = iou_matrix([t.box for t in self.tracks], boxes)
-            rows, cols = linear_sum_assignment(1.0 - ious)
+            cost = self._costs([as_box(b) for b in boxes])
+            rows, cols = linear_sum_assignment(cost)
             for r, c in zip(rows, cols, strict=True):
-                if ious[r, c] >= self.config.iou_threshold:
+                if np.isfinite(cost[r, c]) and cost[r, c] < _NO_MATCH:
                     track = self.tracks[r]
-                    track.box, track.missed = as_box(boxes[c]), 0
-                    track.hits += 1
+                    track.moved_to(as_box(boxes[c]))
                     assigned[c] = track
                     matched_tracks.add(id(track))
         for track in self.tracks:
@@ -116,6 +148,25 @@ class IouTracker:
                 self.tracks.append(track)
                 assigned[i] = track
         return [t for t in assigned if t is not None]
+
+    def _costs(self, boxes: list[BoxT]) -> np.ndarray:
+        """Track x box matching costs: 1 - IoU above the threshold, 1 + distance/size within the
+        motion gate, `_NO_MATCH` otherwise."""
+        cfg = self.config
+        predicted = [t.predicted() for t in self.tracks]
+        ious = iou_matrix(predicted, boxes)
+        cost = np.where(ious >= cfg.iou_threshold, 1.0 - ious, _NO_MATCH)
+        for r, (track, pred) in enumerate(zip(self.tracks, predicted, strict=True)):
+            size = max(_side(track.box), 1e-6)
+            for c, box in enumerate(boxes):
+                if cost[r, c] < _NO_MATCH:
+                    continue
+                ratio = min(_side(box), size) / max(_side(box), size, 1e-6)
+                (px, py), (bx, by) = _centre(pred), _centre(box)
+                jump = float(np.hypot(bx - px, by - py)) / size
+                if ratio >= cfg.min_size_ratio and jump <= cfg.gate * (track.missed + 1):
+                    cost[r, c] = 1.0 + jump
+        return cost
 
     def set_smoothing(self, factor: float) -> None:
         """Change the EMA factor for new and existing tracks (their state is kept)."""
