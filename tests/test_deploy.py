@@ -138,7 +138,9 @@ def test_compose_config_validates(profiles: list[str]) -> None:
     cmd = compose_command()
     args = [a for p in profiles for a in ("--profile", p)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EMOSERVE_", "COMPOSE_"))}
-    r = run([*cmd, "-f", str(COMPOSE), *args, "config"], env=env)
+    open_stack = run([*cmd, "-f", str(COMPOSE), *args, "config"], env=env)
+    assert open_stack.returncode != 0 and "EMOSERVE_API_KEYS" in open_stack.stdout + open_stack.stderr
+    r = run([*cmd, "-f", str(COMPOSE), *args, "config"], env={**env, "EMOSERVE_API_KEYS": '["k"]'})
     assert r.returncode == 0, f"{' '.join(cmd)} config:\n{r.stdout}{r.stderr}"
     services = set(yaml.safe_load(r.stdout)["services"])
     expected = {"emoserve", "redis", "prometheus", "grafana"}
@@ -291,6 +293,10 @@ def test_k8s_manifests_structure() -> None:
     assert job["args"][0] == "train" and "--publish" in job["args"]
     assert "emoserve-models" in by_kind["PersistentVolumeClaim"]
     assert "emoserve-config" in by_kind["ConfigMap"] and "emoserve-keys" in by_kind["Secret"]
+    # shipped without a usable client key, the service refuses to start rather than serve everyone
+    shipped_keys = by_kind["Secret"]["emoserve-keys"]["stringData"]["EMOSERVE_API_KEYS"]
+    with pytest.raises(json.JSONDecodeError):  # pydantic-settings reads list settings as JSON
+        json.loads(shipped_keys)
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     listed = set(kustomization["resources"]) | {"job-train.yaml"}
     assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
