@@ -244,6 +244,23 @@ def test_metrics_count_stream_frames(server: Server) -> None:
     assert "emoserve_ws_frame_latency_seconds_bucket" in text
 
 
+def test_stream_frames_show_in_stage_face_and_emotion_metrics(model_root: Path, tmp_path: Path) -> None:
+    with run_server(env(model_root), tmp_path) as fresh:  # no REST request has reached this server
+
+        async def go() -> None:
+            async with connect(ws_url(fresh), compression=None) as ws:
+                for i in range(3):
+                    await ws.send(frame(i))
+                    await next_of(ws, "result")
+
+        run(go())
+        text = fresh.client().get("/metrics").text
+    assert 'emoserve_stage_duration_seconds_count{stage="detect"} 3.0' in text
+    assert "emoserve_faces_per_image_count 3.0" in text
+    emotions = [line for line in text.splitlines() if line.startswith("emoserve_emotions_total{")]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in emotions) == 3
+
+
 @pytest.fixture(scope="module")
 def keyed_server(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with run_server(env(model_root, EMOSERVE_API_KEYS='["s3cret"]'), tmp_path_factory.mktemp("keyed-logs")) as s:

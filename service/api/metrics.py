@@ -10,6 +10,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from service.pipeline.schema import AnalysisResult
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5)
 UNMATCHED = "unmatched"  # the `endpoint` label of every path that is not one of the app's route templates
 
@@ -107,6 +109,15 @@ class Metrics:
     def add_endpoints(self, templates: Iterable[str]) -> None:
         """Route templates (never raw request paths) that may appear as `endpoint` labels."""
         self.endpoints.update(templates)
+
+    def observe_result(self, result: AnalysisResult) -> None:
+        """Stage times, faces per image and emotions of one analysis (a request's or a stream frame's)."""
+        t = result.timings_ms
+        for stage in ("decode", "queue", "detect", "align", "classify"):
+            self.stage_duration.labels(stage=stage).observe(getattr(t, stage) / 1000.0)
+        self.faces_per_image.observe(len(result.faces))
+        for face in result.faces:
+            self.emotions.labels(label=face.emotion.label).inc()
 
     def set_models(self, models: dict[str, tuple[str, int, str]]) -> None:
         """`models` maps role -> (name, version, provider); replaces the previous info series."""

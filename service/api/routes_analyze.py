@@ -87,16 +87,6 @@ def _options(options: dict[str, Any]) -> AnalyzeOptions:
     return AnalyzeOptions.parse(options)
 
 
-def _observe(ctx: ServiceContext, result: AnalysisResult) -> None:
-    m = ctx.metrics
-    t = result.timings_ms
-    for stage in ("decode", "queue", "detect", "align", "classify"):
-        m.stage_duration.labels(stage=stage).observe(getattr(t, stage) / 1000.0)
-    m.faces_per_image.observe(len(result.faces))
-    for face in result.faces:
-        m.emotions.labels(label=face.emotion.label).inc()
-
-
 @dataclass
 class _Answer:
     body: dict[str, Any]  # an AnalysisResult, JSON-ready
@@ -120,7 +110,7 @@ async def _analyze_one(ctx: ServiceContext, data: bytes, options: dict[str, Any]
             pipeline.analyze(data, opts), timeout=ctx.settings.request_timeout_s
         )
     body = result.model_dump(mode="json")
-    _observe(ctx, result)
+    ctx.metrics.observe_result(result)
     await ctx.cache.set_result(key, body)
     return _Answer(body, cached=False)
 

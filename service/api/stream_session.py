@@ -241,6 +241,7 @@ class StreamSession:
                 await self._send(error)
                 continue
             latency = time.perf_counter() - frame.received
+            metrics.observe_result(result)  # stage, face and emotion metrics count stream frames too
             metrics.ws_frames.labels(outcome="processed").inc()
             metrics.ws_frame_latency.observe(latency)
             message = StreamResult(
