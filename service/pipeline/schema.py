@@ -35,10 +35,6 @@ class Box(_Out):
     x2: float
     y2: float
 
-    @property
-    def area(self) -> float:
-        return max(0.0, self.x2 - self.x1) * max(0.0, self.y2 - self.y1)
-
 
 class Emotion(_Out):
     label: str

@@ -116,8 +116,3 @@ def backbone_cfg(
     if in_chans == 1:
         return make_cfg(arch, 1, size, [0.0], [1.0], **extra)
     return make_cfg(arch, 3, size, mean, std, **extra)
-
-
-def classifier_head(features: int, num_classes: int, drop: float = 0.0) -> nn.Sequential:
-    """Global average pool, flatten, dropout and a linear layer."""
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(drop), nn.Linear(features, num_classes))
