@@ -99,7 +99,7 @@ def ours_faces(model_path: Path, manifest: Any, crops: np.ndarray, threads: int)
     """Predicted label index (in LABELS) per crop, and seconds, batches of 32 through one session."""
     import onnxruntime as ort
 
-    from training.evaluate import preprocess_for
+    from training.onnx_run import preprocess_for
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads

@@ -39,7 +39,7 @@ def test_flip_tta_is_mirror_invariant() -> None:
 
 
 def test_export_parity_and_tamper_detection(trained: tuple[Path, Path], tmp_path: Path) -> None:
-    from training.train import load_checkpoint
+    from training.checkpoints import load_checkpoint
 
     model, _, _ = load_checkpoint(trained[0] / "best.pt")
     path = E.export_onnx(model, tmp_path / "m.onnx", (1, 48, 48))
@@ -213,10 +213,11 @@ def test_publish_ensemble_rebuild_and_explain(
     from typer.testing import CliRunner
 
     import training.cli as cli
+    from training.checkpoints import load_checkpoint
     from training.explain import gradcam_logits
     from training.models.ensemble import LogitMean
     from training.onnx_init import torch_model_from_store
-    from training.train import load_checkpoint, train_run
+    from training.train import train_run
 
     run, data = trained
     second = tmp_path / "seed1"

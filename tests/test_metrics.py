@@ -15,7 +15,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from training.evaluate import (
+from training.metrics import (
     classification_report,
     expected_calibration_error,
     fit_temperature,
@@ -83,7 +83,7 @@ def test_preprocess_from_manifest() -> None:
     from types import SimpleNamespace
 
     from model_store.manifest import InputSpec
-    from training.evaluate import preprocess_for
+    from training.onnx_run import preprocess_for
 
     spec = InputSpec(name="input", shape=["batch", 1, 40, 40], color="GRAY", size=(40, 40), mean=[0.5], std=[0.5])
     x = preprocess_for(SimpleNamespace(input=spec), np.full((3, 48, 48), 255, np.uint8))

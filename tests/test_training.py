@@ -106,7 +106,8 @@ def test_soft_target_epoch_learns() -> None:
 
 
 def test_short_run_beats_chance_and_resumes(tmp_path: Path) -> None:
-    from training.train import load_checkpoint, train_run
+    from training.checkpoints import load_checkpoint
+    from training.train import train_run
 
     data = synthetic_faces(tmp_path / "data", per_class=150)
     out = tmp_path / "run"
@@ -170,8 +171,9 @@ def test_ema_run_validates_the_average_and_resumes_it(tmp_path: Path) -> None:
 
 
 def test_images_are_resized_to_the_models_input_size(tmp_path: Path) -> None:
+    from training.checkpoints import load_checkpoint
     from training.data import load_dataset
-    from training.train import load_checkpoint, train_run
+    from training.train import train_run
 
     data = synthetic_faces(tmp_path / "data", per_class=8, val_per_class=4)
     val = load_dataset(data, "val")
@@ -187,7 +189,8 @@ def test_images_are_resized_to_the_models_input_size(tmp_path: Path) -> None:
 
 
 def test_balanced_plateau_sgd_pca_run(tmp_path: Path) -> None:
-    from training.train import load_checkpoint, train_run
+    from training.checkpoints import load_checkpoint
+    from training.train import train_run
 
     data = synthetic_faces(tmp_path / "data", per_class=20, val_per_class=5)
     cfg = tiny_config(epochs=1, augment="balanced", schedule="plateau", optimizer="sgd", pca=True, mixup=0.2,
@@ -235,7 +238,7 @@ def test_cli_train_publish_evaluate(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_kfold_cv(tmp_path: Path) -> None:
-    from training.evaluate import kfold_cv
+    from training.kfold import kfold_cv
 
     data = synthetic_faces(tmp_path / "data", per_class=15, val_per_class=1)
     res = kfold_cv(tiny_config(epochs=1).to_dict(), data, tmp_path / "cv", folds=2, log=lambda s: None)

@@ -36,7 +36,7 @@ def train_command(
     cfg = TrainConfig.from_yaml(config)
     run_dir = out or Path("runs") / cfg.name
     if folds:
-        from training.evaluate import kfold_cv
+        from training.kfold import kfold_cv
 
         res = kfold_cv(cfg.to_dict(), Path(data or cfg.data or ""), run_dir, folds, log=typer.echo)
         (run_dir / "kfold.json").write_text(json.dumps(res, indent=1))
@@ -111,7 +111,8 @@ def evaluate_command(
     """Evaluate a stored ONNX model on a dataset split (accuracy, balanced accuracy, per-class table, ECE)."""
     from service.cli.common import fail
     from training.data.readers import READERS, SPLITS, DatasetLayoutError
-    from training.evaluate import evaluate_store_model, format_report, save_confusion_png
+    from training.evaluate import evaluate_store_model
+    from training.metrics import format_report, save_confusion_png
 
     if split not in (*SPLITS, "all"):
         fail(f"--split must be one of {', '.join(SPLITS)}, all (got {split!r})", 2)

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from training.data.dataset import FaceDataset
-from training.evaluate import onnx_logits, softmax
+from training.metrics import softmax
+from training.onnx_run import onnx_logits
 
 
 class DistillError(ValueError):

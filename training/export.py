@@ -25,6 +25,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from training.models.ensemble import FlipTTA
+from training.onnx_run import ort_run
+
 if TYPE_CHECKING:
     from training.config import TrainConfig
 
@@ -34,17 +37,6 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 class ParityError(RuntimeError):
     """The ONNX model does not reproduce the torch model's outputs."""
-
-
-class FlipTTA(nn.Module):
-    """Average the logits of the input and its horizontal mirror."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.net(x) + self.net(torch.flip(x, dims=[3]))) * 0.5
 
 
 def export_onnx(model: nn.Module, path: Path, input_size: tuple[int, int, int], opset: int = 17) -> Path:
@@ -59,13 +51,6 @@ def export_onnx(model: nn.Module, path: Path, input_size: tuple[int, int, int], 
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=opset, dynamo=False,
         )  # fmt: skip
     return path
-
-
-def ort_run(path: Path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.asarray(sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0])
 
 
 def parity_check(model: nn.Module, path: Path, x: np.ndarray, atol: float = PARITY_ATOL) -> float:
@@ -176,8 +161,8 @@ class Member:
 def load_member(source: Path | str) -> Member:
     """A run folder's `best.pt`, or `NAME@ALIAS` of a model our training job published (rebuilt from its ONNX),
     or `NAME@ALIAS#K`: member K (from 0) of such a published ensemble."""
+    from training.checkpoints import load_checkpoint
     from training.config import TrainConfig
-    from training.train import load_checkpoint
 
     if isinstance(source, str) and "@" in source and not Path(source).is_dir():
         from training.models.ensemble import members_of
@@ -216,11 +201,11 @@ def publish_run(
     source's config.
     """
     from model_store import ModelStore
+    from training.checkpoints import fit_to_model
     from training.data import load_dataset
-    from training.evaluate import classification_report, fit_temperature, format_report
     from training.loop import Runtime, to_tensor
+    from training.metrics import classification_report, fit_temperature, format_report
     from training.models.ensemble import EnsembleError, LogitMean
-    from training.train import fit_to_model
 
     sources = [run_dir] if isinstance(run_dir, Path | str) else list(run_dir)
     members = [load_member(src) for src in sources]

@@ -240,7 +240,8 @@ def check_reproduces(
 
     `cols` pairs (torch column, ONNX column) to compare when the label sets differ. Raises `OnnxInitError` above 1e-3.
     """
-    from training.export import FlipTTA, ort_run
+    from training.models.ensemble import FlipTTA
+    from training.onnx_run import ort_run
 
     run = manifest.provenance.training
     net = FlipTTA(model) if run and run.config.get("flip_tta") else model

@@ -19,53 +19,24 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from training.checkpoints import WithPCA, fit_to_model, load_checkpoint
 from training.config import TrainConfig
 from training.data import FaceDataset, load_dataset
 from training.data.augment import balanced_indices
 from training.data.dataset import resize_face
-from training.data.pca import PCAProjection, fit_pca
+from training.data.pca import fit_pca
+from training.distill import distilled_targets
 from training.loop import Runtime, WeightEMA, predict_logits, setup_runtime, to_tensor, train_epoch
+from training.metrics import classification_report, fit_temperature, save_confusion_png
 from training.models import create_model
-
-
-class WithPCA(nn.Module):
-    """A PCA projection (training/data/pca.py) in front of a network."""
-
-    def __init__(self, pca: PCAProjection, net: nn.Module) -> None:
-        super().__init__()
-        self.pca, self.net = pca, net
-        self.default_cfg = dict(net.default_cfg)  # type: ignore[arg-type]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.pca(x))
+from training.models.ensemble import LogitMean
+from training.onnx_init import OnnxInitError, build_networks, check_reproduces, init_from_onnx, resolve_member
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def build_model(cfg: TrainConfig, num_classes: int, in_chans: int, state: dict[str, Any] | None = None) -> nn.Module:
-    """The network of `cfg`; with `state` (a checkpoint's state_dict) the PCA buffers get their saved shapes."""
-    net = create_model(cfg.model, num_classes, in_chans, pretrained=cfg.pretrained, **cfg.model_kwargs)
-    if not cfg.pca:
-        return net
-    if state is None:
-        raise ValueError("a PCA model is built by fitting (train_run) or from a checkpoint state")
-    comps = state["pca.components"]
-    pca = PCAProjection(state["pca.means"].clone(), [c.clone() for c in comps])
-    return WithPCA(pca, net)
-
-
-def load_checkpoint(path: Path) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
-    """Rebuild the model of a `best.pt`/`last.pt` checkpoint: (model in eval mode, config, checkpoint dict)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = TrainConfig.from_dict({k: v for k, v in ckpt["config"].items() if k in TrainConfig.__dataclass_fields__})
-    model = build_model(cfg, int(ckpt["config"]["num_classes"]), int(ckpt["config"]["in_chans"]), ckpt["model"])
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    return model, cfg, ckpt
 
 
 def init_from_checkpoint(model: nn.Module, path: Path, classes: list[str]) -> list[str]:
@@ -109,8 +80,6 @@ def init_model(model: nn.Module, source: str, train: FaceDataset, log: Any = pri
     """
     if source.endswith(".pt"):
         return init_from_checkpoint(model, Path(source), train.labels)
-    from training.models.ensemble import LogitMean
-    from training.onnx_init import OnnxInitError, build_networks, check_reproduces, init_from_onnx, resolve_member
 
     src = resolve_member(source)
     manifest, onnx_path, target = src.manifest, src.onnx_path, model
@@ -141,15 +110,6 @@ def init_model(model: nn.Module, source: str, train: FaceDataset, log: Any = pri
     diff = check_reproduces(target, onnx_path, manifest, calib[:64], cols)
     log(f"[train] {onnx_path.name}: {len(cols)} classes mapped, max |torch - onnx| {diff:.1e}")
     return missing
-
-
-def fit_to_model(model: nn.Module, *splits: FaceDataset, log: Any = print) -> tuple[FaceDataset, ...]:
-    """Resize the splits' images to the model's declared input size (what the exported manifest will say)."""
-    _, h, w = model.default_cfg["input_size"]  # type: ignore[index]
-    if splits[0].images.shape[1:3] == (h, w):
-        return splits
-    log(f"[train] images {splits[0].images.shape[1]}x{splits[0].images.shape[2]} resized to the model's {h}x{w}")
-    return tuple(s.resized(h, w) for s in splits)
 
 
 def load_splits(cfg: TrainConfig, data_dir: Path) -> tuple[FaceDataset, FaceDataset]:
@@ -236,8 +196,6 @@ def train_run(
     norm = norm_of(model)
     targets = train.soft if (cfg.soft_targets and train.soft is not None) else train.targets
     if cfg.distill_from:
-        from training.distill import distilled_targets
-
         targets = distilled_targets(train, targets, cfg.distill_from, cfg.distill_weight, cfg.distill_temperature, log)
     steps = math.ceil(len(train) / cfg.batch_size / rt.world)
     if cfg.augment == "balanced":
@@ -325,7 +283,6 @@ def finish_run(
     out: Path, val: FaceDataset, rt: Runtime, n_params: int, elapsed: float, log: Any = print
 ) -> dict[str, Any]:
     """Evaluate the best checkpoint (fp32) on validation; write metrics.json and confusion.png."""
-    from training.evaluate import classification_report, fit_temperature, save_confusion_png
 
     model, _, ck = load_checkpoint(out / "best.pt")
     fp32 = Runtime(rt.device, None, False)

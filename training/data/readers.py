@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from training.data import labels as L
+import training.data.labels as L
 from training.data.cache import cached, files_key
 from training.data.dataset import FaceDataset, decode, decode_all
 from training.data.splits import stratified_split

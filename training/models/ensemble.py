@@ -21,6 +21,17 @@ class EnsembleError(ValueError):
     """The members cannot be averaged: they differ in input or output."""
 
 
+class FlipTTA(nn.Module):
+    """Average the logits of the input and its horizontal mirror."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.net(x) + self.net(torch.flip(x, dims=[3]))) * 0.5
+
+
 class LogitMean(nn.Module):
     """Average the logits of `members` (each takes the same input and returns the same classes)."""
 
