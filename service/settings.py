@@ -129,7 +129,7 @@ class Settings(BaseSettings):
         description="With reuse: faces whose top two probabilities are closer are classified every frame.",
     )
     ws_max_streams: int = Field(
-        64, ge=1, le=100_000, description="Open streams per worker; one more is closed with 1013 (retry later)."
+        16, ge=1, le=100_000, description="Open streams per worker; one more is closed with 1013 (retry later)."
     )
     ws_allowed_origins: list[str] = Field(
         default_factory=list,

@@ -51,7 +51,7 @@ NO_CLASSIFIER_HINT = (
 
 @dataclass
 class _Prepared:
-    image: np.ndarray
+    size: tuple[int, int]  # (width, height); the decoded image itself is not kept while faces wait for the classifier
     faces: list[DetectedFace]
     batch: np.ndarray
     decode_s: float
@@ -120,7 +120,7 @@ class Pipeline:
         t2 = time.perf_counter()
         batch = self.classifier.preprocess(bgr, [(f.box, f.landmarks) for f in faces])
         t3 = time.perf_counter()
-        return _Prepared(bgr, faces, batch, t1 - t0, t2 - t1, t3 - t2)
+        return _Prepared((bgr.shape[1], bgr.shape[0]), faces, batch, t1 - t0, t2 - t1, t3 - t2)
 
     def _decode(self, image: ImageInput) -> np.ndarray:
         if isinstance(image, np.ndarray):
@@ -172,7 +172,7 @@ class Pipeline:
             total=(time.perf_counter() - t0) * ms,
         )
         return AnalysisResult(
-            image=ImageSize(width=prep.image.shape[1], height=prep.image.shape[0]),
+            image=ImageSize(width=prep.size[0], height=prep.size[1]),
             models=ModelsUsed(
                 detector=ModelInfo(name=det.name, version=det.version),
                 classifier=ModelInfo(name=self.classifier.name, version=self.classifier.version),
@@ -244,7 +244,7 @@ class Pipeline:
         fresh = [t if needs_classifying(policy, b, t, now) else None for t, b in zip(thumbs, before, strict=True)]
         batch = self.classifier.preprocessor.normalize([c for c, f in zip(crops, fresh, strict=True) if f is not None])
         t3 = time.perf_counter()
-        return _Prepared(bgr, faces, batch, t1 - t0, t2 - t1, t3 - t2), fresh, before
+        return _Prepared((bgr.shape[1], bgr.shape[0]), faces, batch, t1 - t0, t2 - t1, t3 - t2), fresh, before
 
     def analyze_sync(self, image: ImageInput, options: OptionsInput = None) -> AnalysisResult:
         """Blocking analysis without the batcher (CLI, scripts); the same result as `analyze`."""
