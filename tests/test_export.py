@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -329,7 +330,9 @@ def test_onnx_init_loads_every_dense_layer(tmp_path: Path) -> None:
         assert np.abs(dst.eval()(x).numpy() - E.ort_run(path, x.numpy())).max() < 1e-4
 
 
-def test_distill_from_published_teacher(trained: tuple[Path, Path], tmp_path: Path) -> None:
+def test_distill_from_published_teacher(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The teacher runs as its manifest says (it reproduces its own published accuracy); its probabilities are
     mapped to the dataset's classes by name; a run trained against them learns."""
     from training.data import load_dataset
@@ -342,6 +345,20 @@ def test_distill_from_published_teacher(trained: tuple[Path, Path], tmp_path: Pa
     val = load_dataset(data, "val", "folder")
     logits, labels = teacher_logits(onnx_path, val.images, batch_size=7)
     assert labels == val.labels
+    ran: list[int] = []  # the second call reads the cached logits: the teacher does not run again
+    import training.distill as distill_module
+
+    real = distill_module.onnx_logits
+
+    def counted(*args: Any, **kwargs: Any) -> np.ndarray:
+        ran.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(distill_module, "onnx_logits", counted)
+    np.testing.assert_array_equal(teacher_logits(onnx_path, val.images)[0], logits)
+    teacher_logits(onnx_path, val.images[:-1])  # other images: computed
+    monkeypatch.undo()
+    assert ran == [1]
     published = m.metrics[next(iter(m.metrics))]["accuracy"]
     assert float((logits.argmax(1) == val.targets).mean()) == pytest.approx(published, abs=1e-6)
     # RGB faces are converted to the gray the teacher's manifest asks for, as `emoserve evaluate` does

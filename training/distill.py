@@ -2,7 +2,9 @@
 
 The teacher (`NAME@ALIAS` in the model store, or an `.onnx` file with its manifest beside it; an ensemble is
 fine, that is the usual teacher) runs once with onnxruntime over the unaugmented training images, as its
-manifest says to preprocess them (`training.evaluate.onnx_logits`). Each image's target becomes
+manifest says to preprocess them (`training.onnx_run.onnx_logits`). Its logits are cached (the dataset
+cache folder, keyed by the model file's and the images' content), so later runs with the same teacher
+and data skip that pass. Each image's target becomes
 
     (1 - weight) * label + weight * softmax(teacher_logits / temperature)
 
@@ -11,10 +13,13 @@ with the teacher's classes matched to the dataset's by name (classes the teacher
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from training.data.cache import cached
 from training.data.dataset import FaceDataset
 from training.metrics import softmax
 from training.onnx_run import onnx_logits
@@ -24,12 +29,25 @@ class DistillError(ValueError):
     """The teacher cannot label this dataset (no shared classes)."""
 
 
+def teacher_key(model_path: Path, images: np.ndarray) -> str:
+    """Cache key of a teacher's logits: the model file's and the images' content."""
+    h = hashlib.sha256(Path(model_path).read_bytes())
+    h.update(str(images.shape).encode())
+    h.update(np.ascontiguousarray(images).data)
+    return "teacher-" + h.hexdigest()[:24]
+
+
 def teacher_logits(source: str, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, list[str]]:
-    """(N x C logits, labels) of the teacher `source` on uint8 images (N x H x W gray or N x H x W x 3)."""
+    """(N x C logits, labels) of the teacher `source` on uint8 images (N x H x W gray or N x H x W x 3);
+    computed once per teacher and image set, then read from the cache."""
     from training.onnx_init import resolve_source
 
     manifest, path = resolve_source(source)
-    return onnx_logits(path, manifest, images, batch_size, desc=f"teacher {source}"), list(manifest.labels or [])
+    logits = cached(
+        teacher_key(path, images),
+        lambda: {"logits": onnx_logits(path, manifest, images, batch_size, desc=f"teacher {source}")},
+    )["logits"]
+    return logits, list(manifest.labels or [])
 
 
 def mapped_probs(logits: np.ndarray, teacher_labels: list[str], labels: list[str], temperature: float) -> np.ndarray:
