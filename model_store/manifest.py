@@ -91,6 +91,15 @@ class DetectorDecoding(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class ServingHints(_Strict):
+    """How the service should batch this model (per model, like Triton's `dynamic_batching`); unset
+    fields take the service's settings. `max_batch` and `queue_size` cannot exceed the settings'."""
+
+    max_batch: int | None = Field(None, ge=1, le=1024)
+    max_delay_ms: float | None = Field(None, ge=0.0, le=1000.0)
+    queue_size: int | None = Field(None, ge=1, le=100_000)
+
+
 class TrainingRun(_Strict):
     """Where a trained model came from."""
 
@@ -127,6 +136,7 @@ class Manifest(_Strict):
     labels: list[str] | None = None
     decoding: DetectorDecoding | None = None
     temperature: float | None = Field(default=None, gt=0.0)
+    serving: ServingHints | None = None
     metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
     provenance: Provenance = Field(default_factory=Provenance)
     licence: str = "unknown"

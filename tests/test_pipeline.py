@@ -272,3 +272,24 @@ def test_stream_reuse_off_does_all_the_work(tiny_pipeline: Pipeline) -> None:
             await tiny_pipeline.aclose()
 
     assert asyncio.run(main()) == [True] * 4
+
+
+def test_batching_is_read_per_model_from_the_manifest(store: ModelStore, tmp_path: Path) -> None:
+    """A manifest's `serving` block sets the model's batching; settings are the defaults and the ceilings."""
+    from tests.helpers.tiny_models import classifier_draft
+
+    det = publish_test_detector(store, tmp_path)
+    draft = {**classifier_draft("hinted"), "serving": {"max_batch": 4, "max_delay_ms": 7.0, "queue_size": 5000}}
+    store.publish(draft, {"model.onnx": tiny_classifier_onnx(tmp_path / "hinted.onnx")}, alias="production")
+    plain = publish_tiny_classifier(store, tmp_path)
+    settings = _settings(tmp_path, max_batch=16, max_delay_ms=2.0, queue_size=100)
+    hinted = Pipeline.load(settings, store=store, detector_ref=det.ref, classifier_ref="hinted@production")
+    default = Pipeline.load(settings, store=store, detector_ref=det.ref, classifier_ref=plain.ref)
+    try:
+        b = hinted.classifier.batcher
+        assert (b.max_batch, b.max_delay_s, b.queue_size) == (4, 0.007, 100)  # the queue cannot grow past 100
+        d = default.classifier.batcher
+        assert (d.max_batch, d.max_delay_s, d.queue_size) == (16, 0.002, 100)
+    finally:
+        hinted.close()
+        default.close()

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from model_store.manifest import ServingHints
 from model_store.store import ResolvedModel
 from service.pipeline.align import Preprocessor
 from service.runtime.batcher import DynamicBatcher, Timed
@@ -55,11 +56,13 @@ class EmotionClassifier:
         self.output_name = manifest.outputs[0].name if manifest.outputs else session.output_names[0]
         if self.output_name not in session.output_names:
             self.output_name = session.output_names[0]
+        hints = manifest.serving or ServingHints()  # per model; the settings are defaults and ceilings
+        delay = hints.max_delay_ms
         self.batcher: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher(
             self.run_many,
-            max_batch=settings.max_batch,
-            max_delay_ms=settings.max_delay_ms,
-            queue_size=settings.queue_size,
+            max_batch=min(settings.max_batch, hints.max_batch or settings.max_batch),
+            max_delay_ms=settings.max_delay_ms if delay is None else delay,
+            queue_size=min(settings.queue_size, hints.queue_size or settings.queue_size),
             size_of=len,
             split=lambda faces, n: [faces[i : i + n] for i in range(0, len(faces), n)],
             join=np.concatenate,
