@@ -90,7 +90,8 @@ function showFaces(faces) {
     const div = document.createElement("div");
     div.className = "face";
     const h = document.createElement("h3");
-    h.textContent = `#${face.track_id ?? "–"} ${face.emotion.label} ${(face.emotion.confidence * 100).toFixed(0)}%`;
+    h.textContent = `#${face.track_id ?? "–"} ${face.emotion.label} ${(face.emotion.confidence * 100).toFixed(0)}%` +
+      (face.classified === false ? ` (kept ${face.emotion_age} frames)` : "");
     div.appendChild(h);
     for (const [label, p] of Object.entries(face.emotion.smoothed_scores)) {
       const row = document.createElement("div");
@@ -118,7 +119,9 @@ function draw() {
       ctx.lineWidth = 4;
       ctx.strokeStyle = colour;
       ctx.strokeRect(b.x1, b.y1, b.x2 - b.x1, b.y2 - b.y1);
-      const caption = `#${face.track_id ?? "–"} ${face.emotion.label} ${(face.emotion.confidence * 100).toFixed(0)}%`;
+      // "·" marks an emotion carried over from an earlier frame (reuse across frames)
+      const caption = `#${face.track_id ?? "–"} ${face.emotion.label} ${(face.emotion.confidence * 100).toFixed(0)}%` +
+        (face.classified === false ? " ·" : "");
       ctx.font = "bold 16px system-ui, sans-serif";
       const tw = ctx.measureText(caption).width;
       const top = Math.max(20, b.y1);
