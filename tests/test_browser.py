@@ -115,3 +115,31 @@ def test_demo_page_streams_the_webcam_and_draws_results(server: Server, tmp_path
     colour = [int(drawn["colour"][i : i + 2], 16) for i in (1, 3, 5)]
     assert all(abs(p - c) <= 40 for p, c in zip(pixel[:3], colour, strict=True)), (pixel, colour)
     assert (ARTIFACTS / "browser-demo.png").stat().st_size > 1000
+
+
+def test_api_docs_render_with_the_network_cut(server: Server, tmp_path: Path) -> None:
+    """/docs in a real Chromium that may reach only the service: Swagger UI renders the operations."""
+    if not CHROMIUM.exists():
+        pytest.skip("needs /usr/bin/chromium: apt-get install -y chromium chromium-driver")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (dev extra)")
+    blocked: list[str] = []
+
+    def only_the_service(route: Any) -> None:
+        if route.request.url.startswith(server.url):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    with sync_api.sync_playwright() as pw:
+        flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=flags)
+        try:
+            page = browser.new_page()
+            page.route("**/*", only_the_service)
+            page.goto(server.url + "/docs")
+            page.wait_for_selector(".opblock-summary-path", timeout=20_000)
+            paths = page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.textContent)")
+        finally:
+            browser.close()
+    assert "/v1/analyze" in " ".join(paths) and blocked == []
