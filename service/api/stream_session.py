@@ -73,6 +73,7 @@ class StreamSession:
         self.tracker = IouTracker(TrackerConfig(max_missed=s.ws_track_max_missed, smoothing=self.config.smoothing))
         self.slot = FrameSlot()
         self.frames = StreamState()  # work carried across frames (faces, their crops and emotions)
+        self.policy = self._policy()  # settings + `config` messages; rebuilt when a `config` arrives
         self.dropped = 0
         self.seq = 0
         self.meta: FrameMeta | None = None
@@ -206,6 +207,7 @@ class StreamSession:
             return
         if isinstance(message, StreamConfig):
             self.config = self.config.merged(message)
+            self.policy = self._policy()
             self.tracker.set_smoothing(self.config.smoothing)
             if not self.config.track:
                 self.tracker.reset()
@@ -270,7 +272,7 @@ class StreamSession:
         async with self.ctx.manager.use() as pipeline:
             try:
                 return await asyncio.wait_for(
-                    pipeline.analyze_stream(frame.data, self.config.options(), self.frames, self._policy()), timeout
+                    pipeline.analyze_stream(frame.data, self.config.options(), self.frames, self.policy), timeout
                 )
             except TimeoutError as exc:
                 raise RequestTimeout(f"frame took longer than {timeout} s") from exc

@@ -194,6 +194,10 @@ class Pipeline:
     ) -> tuple[AnalysisResult, list[FaceReuse]]:
         """One frame of a stream: like `analyze`, reusing the stream's work where `policy` allows
         (`service.pipeline.stream_reuse`); says for each face whether it was classified now."""
+        if not policy.enabled:  # every frame analysed in full, as a REST request is
+            state.reset()
+            result = await self.analyze(image, options)
+            return result, [FaceReuse(True, 0) for _ in result.faces]
         t0 = time.perf_counter()
         opts = AnalyzeOptions.parse(options)
         if state.owner is not self:  # probabilities of another classifier are not reused
@@ -226,17 +230,17 @@ class Pipeline:
         bgr = self._decode(image)
         t1 = time.perf_counter()
         grey, scale = grey_for_flow(bgr)
-        faces: list[DetectedFace] | None = None
-        due = not policy.enabled or not state.faces or state.since_detect + 1 >= policy.detect_every
+        followed = None
+        due = not state.faces or state.since_detect + 1 >= policy.detect_every
         if not due and state.grey is not None and state.grey.shape == grey.shape:
-            faces = follow(state.grey, grey, scale, [t.face for t in state.faces])
-        if faces is None:
+            followed = follow(state.grey, grey, scale, [t.face for t in state.faces])
+        if followed is None:
             faces, state.since_detect = self._detect(bgr, opts), 0
             before = match_previous(state, faces)
         else:
+            faces, before = followed, list(state.faces)
             state.since_detect += 1
-            before = list(state.faces)
-        state.grey, state.scale = grey, scale
+        state.grey = grey
         t2 = time.perf_counter()
         crops = [self.classifier.preprocessor.crop(bgr, f.box, f.landmarks) for f in faces]
         thumbs = [thumbnail(c) for c in crops]

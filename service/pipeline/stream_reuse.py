@@ -35,7 +35,8 @@ GRID = 4
 
 @dataclass(frozen=True)
 class ReusePolicy:
-    """When to detect and classify again (see the module docstring); `enabled=False` does neither."""
+    """When to detect and classify again (see the module docstring); `enabled=False` analyses every
+    frame in full (`Pipeline.analyze`)."""
 
     enabled: bool = True
     detect_every: int = 5
@@ -70,7 +71,6 @@ class StreamState:
 
     faces: list[TrackedFace] = field(default_factory=list)
     grey: np.ndarray | None = None  # the last frame, grey, at flow scale
-    scale: float = 1.0  # flow pixels per frame pixel
     since_detect: int = 0
     owner: object | None = None  # the pipeline whose classifier made `probs`
 
@@ -155,7 +155,7 @@ def change(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def needs_classifying(policy: ReusePolicy, before: TrackedFace | None, thumb: np.ndarray, now: float) -> bool:
-    if not policy.enabled or before is None or before.probs is None or before.thumb is None:
+    if before is None or before.probs is None or before.thumb is None:
         return True
     if before.age + 1 >= policy.reclassify_every or (now - before.classified_at) * 1000.0 >= policy.max_age_ms:
         return True
