@@ -9,10 +9,10 @@ one the case expects. Loopback only; every loop is bounded in count and time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socket
 import struct
-import subprocess
 import threading
 import time
 import zlib
@@ -29,7 +29,7 @@ import redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.api_server import Server, free_port, run_server
+from tests.api_server import Server, redis_server, run_server
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -94,6 +94,7 @@ def bombs() -> dict[str, bytes]:
             "jpeg 60000^2": bytes(jpeg)}  # fmt: skip
 
 
+@functools.cache
 def photo() -> bytes:
     path = SHARED / "media" / "photos" / "obama.jpg"
     if path.exists():
@@ -109,17 +110,10 @@ def default_server(work: Path, **extra: str) -> Iterator[tuple[Server, str]]:
     yields (server, redis url)."""
     root = work / "models"  # empty: the shipped layer serves the default classifier and YuNet
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL)  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    env = {"EMOSERVE_MODEL_ROOT": str(root), "EMOSERVE_REDIS_URL": url, "EMOSERVE_LOG_LEVEL": "WARNING", **extra}
-    try:
-        time.sleep(0.3)
+    with redis_server() as url:
+        env = {"EMOSERVE_MODEL_ROOT": str(root), "EMOSERVE_REDIS_URL": url, "EMOSERVE_LOG_LEVEL": "WARNING", **extra}
         with run_server(env, work) as server:
             yield server, url
-    finally:
-        proc.kill()
 
 
 def five_xx(server: Server) -> int:
@@ -137,8 +131,7 @@ def post(client: httpx.Client, body: bytes, query: str = "", ctype: str = "image
 
 
 # -- cases -----------------------------------------------------------------------------------
-def case_bombs(server: Server, _redis_url: str) -> Outcome:
-    out = Outcome("attack: image bombs (6 formats, sent as image/jpeg)")
+def case_bombs(server: Server, _redis_url: str, out: Outcome) -> None:
     codes: Counter[str] = Counter()
     with httpx.Client(base_url=server.url, timeout=60) as c:
         for name, body in bombs().items():
@@ -148,11 +141,9 @@ def case_bombs(server: Server, _redis_url: str) -> Outcome:
                 out.requests += 1
                 out.failures += not 400 <= code < 500
     out.notes.append(" ".join(f"{k}x{v}" for k, v in sorted(codes.items())))
-    return out
 
 
-def case_max_options(server: Server, _redis_url: str) -> Outcome:
-    out = Outcome("attack: worst options (threshold=0, max_faces=1000)")
+def case_max_options(server: Server, _redis_url: str, out: Outcome) -> None:
     faces = []
     with httpx.Client(base_url=server.url, timeout=120) as c:
         for i in range(6):  # a trailing byte after the JPEG's end makes each body new to the result cache
@@ -162,7 +153,6 @@ def case_max_options(server: Server, _redis_url: str) -> Outcome:
             out.failures += r.status_code != 200
             faces.append(len(r.json().get("faces", [])) if r.status_code == 200 else -1)
     out.notes.append(f"faces per answer {sorted(set(faces))} (server max_faces 32)")
-    return out
 
 
 def _slow_socket(server: Server, length: int) -> socket.socket:
@@ -173,8 +163,7 @@ def _slow_socket(server: Server, length: int) -> socket.socket:
     return sock
 
 
-def case_slow_bodies(server: Server, _redis_url: str) -> Outcome:
-    out = Outcome("attack: 80 slow uploads (1 byte, then silence) beside real requests")
+def case_slow_bodies(server: Server, _redis_url: str, out: Outcome) -> None:
     socks = [_slow_socket(server, 100_000) for _ in range(80)]
     try:
         time.sleep(0.5)
@@ -185,16 +174,15 @@ def case_slow_bodies(server: Server, _redis_url: str) -> Outcome:
         for s in socks[:8]:  # the slow ones end with 408 once the body timeout passes
             s.settimeout(40)
             head = s.recv(64)
-            out.notes.append(head.split(b"\r\n", 1)[0].decode(errors="replace")) if s is socks[0] else None
+            if s is socks[0]:
+                out.notes.append(head.split(b"\r\n", 1)[0].decode(errors="replace"))
             out.failures += b" 408 " not in head
     finally:
         for s in socks:
             s.close()
-    return out
 
 
-def case_client_aborts(server: Server, _redis_url: str) -> Outcome:
-    out = Outcome("attack: 50 clients drop mid-upload")
+def case_client_aborts(server: Server, _redis_url: str, out: Outcome) -> None:
     before = five_xx(server)
     body = photo()
     for _ in range(50):
@@ -205,11 +193,9 @@ def case_client_aborts(server: Server, _redis_url: str) -> Outcome:
     time.sleep(1.0)
     out.failures = five_xx(server) - before
     out.notes.append(f"5xx counted by the server: {out.failures}")
-    return out
 
 
-def case_redis_garbage(server: Server, redis_url: str) -> Outcome:
-    out = Outcome("attack: garbage Redis values and model events")
+def case_redis_garbage(server: Server, redis_url: str, out: Outcome) -> None:
     r = redis.Redis.from_url(redis_url)
     with httpx.Client(base_url=server.url, timeout=60) as c:
         post(c, photo())  # fills the result cache and a rate-limit bucket
@@ -228,11 +214,9 @@ def case_redis_garbage(server: Server, redis_url: str) -> Outcome:
         ready = c.get("/readyz")
     out.failures += ready.status_code != 200
     out.notes.append(f"/readyz after {ready.status_code}")
-    return out
 
 
-def case_stream_flood(server: Server, _redis_url: str) -> Outcome:
-    out = Outcome("attack: 300 streams at once (cap 16 per worker)")
+def case_stream_flood(server: Server, _redis_url: str, out: Outcome) -> None:
     frame = photo()
     closes: Counter[str] = Counter()
 
@@ -256,24 +240,30 @@ def case_stream_flood(server: Server, _redis_url: str) -> Outcome:
     out.requests = 300
     out.failures = sum(v for k, v in closes.items() if k not in ("result", "1013"))
     out.notes.append(f"outcomes {dict(closes)}")
-    return out
 
 
-CASES: list[Callable[[Server, str], Outcome]] = [
-    case_bombs, case_max_options, case_slow_bodies, case_client_aborts, case_redis_garbage, case_stream_flood,
-]  # fmt: skip
+CASES: dict[str, Callable[[Server, str, Outcome], None]] = {
+    "attack: image bombs (6 formats, sent as image/jpeg)": case_bombs,
+    "attack: worst options (threshold=0, max_faces=1000)": case_max_options,
+    "attack: 80 slow uploads (1 byte, then silence) beside real requests": case_slow_bodies,
+    "attack: 50 clients drop mid-upload": case_client_aborts,
+    "attack: garbage Redis values and model events": case_redis_garbage,
+    "attack: 300 streams at once (cap 16 per worker)": case_stream_flood,
+}
 
 
 def run_attacks(work: Path) -> list[Outcome]:
     """Every case against one server with the default models and limits; RSS sampled per case."""
     results = []
     with default_server(work) as (server, redis_url):
-        for case in CASES:
+        for title, case in CASES.items():
+            outcome = Outcome(title)
             with PeakRss(server.proc.pid) as rss:
                 try:
-                    outcome = case(server, redis_url)
+                    case(server, redis_url, outcome)
                 except Exception as exc:  # a case that breaks is a failure, not the end of the suite
-                    outcome = Outcome(case.__name__, failures=1, notes=[f"{type(exc).__name__}: {exc}"])
+                    outcome.failures += 1
+                    outcome.notes.append(f"{type(exc).__name__}: {exc}")
             outcome.peak_rss_mb = rss.peak
             if rss.peak > RSS_LIMIT_MB:
                 outcome.failures += 1

@@ -79,7 +79,10 @@ class Settings(BaseSettings):
     batch_limit: int = Field(32, ge=1, le=1000, description="Most images in one `/v1/analyze/batch` request.")
     request_timeout_s: float = Field(30.0, gt=0.0, le=600.0, description="Per-request time limit.")
     shutdown_grace_s: float | None = Field(
-        None, gt=0.0, le=3600.0, description="Time in-flight requests get on SIGTERM (default: request timeout + 5 s)."
+        None,
+        gt=0.0,
+        le=3600.0,
+        description="Time in-flight requests get on SIGTERM (default: body + request timeouts + 5 s).",
     )
     cors_origins: list[str] = Field(default_factory=list, description="CORS allowlist (JSON list).")
     api_keys: list[str] = Field(

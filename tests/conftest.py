@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from model_store import ModelStore
+from tests.api_server import redis_server
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EMOSERVE_SHARED_DIR", REPO.parent / "shared")).resolve()
@@ -56,26 +54,8 @@ def redis_url() -> str:
 def private_redis_url() -> Iterator[str]:
     """A Redis server of this test's own (pub/sub channels are shared by every database of a server,
     so tests that publish on them must not use the shared one); skipped without `redis-server`."""
-    import redis
 
     if shutil.which("redis-server") is None:
         pytest.skip("needs the redis-server binary")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                redis.Redis.from_url(url, socket_connect_timeout=1).ping()
-                break
-            except redis.RedisError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
+    with redis_server() as url:
         yield url
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)

@@ -359,6 +359,12 @@ def test_distill_from_published_teacher(
     teacher_logits(onnx_path, val.images[:-1])  # other images: computed
     monkeypatch.undo()
     assert ran == [1]
+    from training.distill import teacher_key
+    from training.onnx_init import resolve_source
+
+    manifest, path = resolve_source(onnx_path)  # other preprocessing, other logits: the key changes with it
+    moved = manifest.model_copy(update={"inputs": [manifest.input.model_copy(update={"mean": [0.25]})]})
+    assert teacher_key(path, manifest, val.images) != teacher_key(path, moved, val.images)
     published = m.metrics[next(iter(m.metrics))]["accuracy"]
     assert float((logits.argmax(1) == val.targets).mean()) == pytest.approx(published, abs=1e-6)
     # RGB faces are converted to the gray the teacher's manifest asks for, as `emoserve evaluate` does

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from model_store.hashing import sha256_file
 from training.data.cache import cached
 from training.data.dataset import FaceDataset
 from training.metrics import softmax
@@ -29,9 +30,11 @@ class DistillError(ValueError):
     """The teacher cannot label this dataset (no shared classes)."""
 
 
-def teacher_key(model_path: Path, images: np.ndarray) -> str:
-    """Cache key of a teacher's logits: the model file's and the images' content."""
-    h = hashlib.sha256(Path(model_path).read_bytes())
+def teacher_key(model_path: Path, manifest: Any, images: np.ndarray) -> str:
+    """Cache key of a teacher's logits: the model file, its preprocessing (the manifest's input spec)
+    and the images."""
+    h = hashlib.sha256(sha256_file(Path(model_path)).encode())
+    h.update(manifest.input.model_dump_json().encode())
     h.update(str(images.shape).encode())
     h.update(np.ascontiguousarray(images).data)
     return "teacher-" + h.hexdigest()[:24]
@@ -44,7 +47,7 @@ def teacher_logits(source: str, images: np.ndarray, batch_size: int = 256) -> tu
 
     manifest, path = resolve_source(source)
     logits = cached(
-        teacher_key(path, images),
+        teacher_key(path, manifest, images),
         lambda: {"logits": onnx_logits(path, manifest, images, batch_size, desc=f"teacher {source}")},
     )["logits"]
     return logits, list(manifest.labels or [])

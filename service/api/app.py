@@ -127,7 +127,9 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
     app.include_router(routes_models.router)
     app.include_router(routes_stream.router)
     stream_demo.install(app)
-    metrics.add_endpoints(app.openapi()["paths"])  # the middleware adds the templates of other routes it serves
+    # the schema's paths now; FastAPI includes routers lazily, so the middleware adds the templates of other
+    # served routes (e.g. the page, the stream) as they are matched
+    metrics.add_endpoints(app.openapi()["paths"])
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(

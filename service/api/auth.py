@@ -47,16 +47,13 @@ class KeyRing:
         """Return the caller; raise Unauthorized (no/unknown key) or Forbidden (missing scope)."""
         if required == "admin" and not self._admin:
             raise Forbidden("admin endpoints need EMOSERVE_ADMIN_KEYS to be configured")
-        if required == "client" and not self._client:  # open to clients; an admin key still identifies
-            if presented and any(hmac.compare_digest(hash_key(presented), k) for k in self._admin):
-                return Principal(id=f"key:{hash_key(presented)[7:23]}", scopes=frozenset({"client", "admin"}))
+        digest = hash_key(presented) if presented else None
+        is_admin = digest is not None and any(hmac.compare_digest(digest, k) for k in self._admin)
+        if required == "client" and not self._client and not is_admin:  # open to clients
             return Principal(id=f"addr:{client_addr}", scopes=frozenset({"client"}))
-        if not presented:
+        if digest is None:
             raise Unauthorized("an API key is required: send it as `Authorization: Bearer <key>` or `X-API-Key`")
-        digest = hash_key(presented)
-        is_admin = any(hmac.compare_digest(digest, k) for k in self._admin)
-        is_client = is_admin or any(hmac.compare_digest(digest, k) for k in self._client)
-        if not is_client:
+        if not (is_admin or any(hmac.compare_digest(digest, k) for k in self._client)):
             raise Unauthorized("unknown API key")
         scopes = frozenset({"client", "admin"} if is_admin else {"client"})
         if required not in scopes:

@@ -11,10 +11,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 from model_store import ModelStoreError
-from service.api.middleware import CLIENT_CLOSED_REQUEST
 from service.errors import EmoserveError, Overloaded, error_body, spec_for
 
 log = logging.getLogger("emoserve.api")
@@ -52,12 +50,6 @@ def install(app: FastAPI) -> None:
         code = codes.get(exc.status_code, "http_error")
         body = {"error": {"code": code, "message": str(exc.detail), "detail": {}}}
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(ClientDisconnect)
-    async def _client_gone(request: Request, _: ClientDisconnect) -> JSONResponse:
-        log.info("client closed the connection during %s %s", request.method, request.url.path)
-        body = {"error": {"code": "client_closed_request", "message": "the client went away", "detail": {}}}
-        return JSONResponse(body, status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

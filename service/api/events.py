@@ -154,6 +154,7 @@ class ModelEvents:
             try:
                 await pubsub.subscribe(CHANNEL)
                 self._set_listening(True)
+                self.restarts = 0  # listening again: the next failure starts the backoff afresh
                 log.info("listening for model events on %s", CHANNEL)
                 async for message in pubsub.listen():
                     await self._on_message(message)

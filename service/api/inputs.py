@@ -12,7 +12,6 @@ from typing import Any
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
-from starlette.requests import ClientDisconnect
 
 from service.errors import InvalidImage, InvalidOptions, TooManyImages, UnsupportedMediaType
 
@@ -57,8 +56,6 @@ async def read_images(
         max_files = MAX_MULTIPART_FILES if max_images is None else max_images
         try:
             form = await request.form(max_files=max_files, max_fields=100)
-        except ClientDisconnect:
-            raise  # answered 499, not a malformed body
         except Exception as exc:  # malformed multipart (Starlette raises it as an HTTPException in an app)
             problem = str(getattr(exc, "detail", None) or exc)
             if max_images is not None and problem.startswith("Too many files"):

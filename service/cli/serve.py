@@ -12,13 +12,14 @@ from typing import Annotated
 import typer
 
 from service.cli.common import handle_errors, load_settings
+from service.pipeline.decode import fence_opencv
 from service.settings import Settings
 
 
 def grace_period(settings: Settings) -> int:
     """Seconds uvicorn waits for in-flight requests on SIGTERM: long enough for any request to finish
-    or time out by itself (a request cut by the shutdown would answer 500)."""
-    return math.ceil(settings.shutdown_grace_s or settings.request_timeout_s + 5.0)
+    its upload and its analysis, or time out by itself (a request cut by the shutdown would answer 500)."""
+    return math.ceil(settings.shutdown_grace_s or settings.body_timeout_s + settings.request_timeout_s + 5.0)
 
 
 def serve(
@@ -30,6 +31,7 @@ def serve(
     import uvicorn
 
     settings = load_settings(host=host, port=port, workers=workers)
+    fence_opencv(settings.max_image_pixels)  # before uvicorn imports the app, and the app OpenCV
     os.environ.update({"EMOSERVE_HOST": settings.host, "EMOSERVE_PORT": str(settings.port)})
     metrics_dir = None
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -40,6 +40,11 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return out
 
 
+def chunks(batch: np.ndarray, size: int) -> list[np.ndarray]:
+    """`batch` cut into consecutive pieces of at most `size` rows."""
+    return [batch[i : i + size] for i in range(0, len(batch), size)]
+
+
 class EmotionClassifier:
     """Runs one classifier model; `classify` batches faces across callers through a `DynamicBatcher`."""
 
@@ -64,7 +69,7 @@ class EmotionClassifier:
             max_delay_ms=settings.max_delay_ms if delay is None else delay,
             queue_size=min(settings.queue_size, hints.queue_size or settings.queue_size),
             size_of=len,
-            split=lambda faces, n: [faces[i : i + n] for i in range(0, len(faces), n)],
+            split=chunks,
             join=np.concatenate,
             executor=session.executor,
             name=f"classifier {model.ref}",
@@ -105,9 +110,8 @@ class EmotionClassifier:
         most `max_batch` faces."""
         if len(batch) == 0:
             return np.zeros((0, len(self.labels)))
-        step = self.batcher.max_batch
         feed = self.session.input_names[0]
-        raw = [self.session.run([self.output_name], {feed: batch[i : i + step]})[0] for i in range(0, len(batch), step)]
+        raw = [self.session.run([self.output_name], {feed: part})[0] for part in chunks(batch, self.batcher.max_batch)]
         return self.postprocess(np.concatenate(raw))
 
     async def classify(self, batch: np.ndarray) -> Timed[np.ndarray]:

@@ -5,7 +5,8 @@ magic bytes (never by the Content-Type or by whatever OpenCV would accept). Thei
 read from the header before anything is decoded, so a tiny file declaring a huge image is refused
 without allocating it; other formats OpenCV could read (JPEG 2000, TIFF, HDR, PNM, EXR...) are refused
 unread. OpenCV's own pixel cap (`OPENCV_IO_MAX_IMAGE_PIXELS`) is set to the same limit as a second
-fence. JPEG EXIF orientation is applied (OpenCV's IMREAD_COLOR does it); grey becomes 3 channels;
+fence by `emoserve serve` before OpenCV is imported (`fence_opencv`). JPEG EXIF orientation is
+applied (OpenCV's IMREAD_COLOR does it); grey becomes 3 channels;
 alpha is composited over white; 16-bit and float images are scaled to 8 bits.
 """
 
@@ -122,8 +123,9 @@ def refused_format(data: bytes) -> str | None:
     return None
 
 
-def _fence_opencv(max_pixels: int) -> None:
-    """Cap OpenCV's own decoder at `max_pixels` (read once by OpenCV, at its first decode)."""
+def fence_opencv(max_pixels: int) -> None:
+    """Cap OpenCV's own decoder at `max_pixels`. OpenCV reads the variable when it is imported, so this
+    runs at process start, before anything imports cv2 (`emoserve serve` does it first)."""
     os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(max_pixels))
 
 
@@ -177,7 +179,6 @@ def decode_image(data: bytes | bytearray | memoryview, max_pixels: int = 40_000_
     if size[0] <= 0 or size[1] <= 0:
         raise InvalidImage(f"the {fmt} header declares an empty image ({size[0]}x{size[1]})")
     check_pixels(size[0], size[1], max_pixels)
-    _fence_opencv(max_pixels)
     if fmt == "jpeg":
         sos = _jpeg_scan(data)[1]
         if sos < 0 or data.rfind(b"\xff\xd9") < sos:
