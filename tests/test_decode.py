@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 import zlib
 
 import cv2
@@ -151,3 +154,21 @@ def test_formats_without_a_header_check_are_refused_unread(ext: str, name: str) 
 def test_a_supported_signature_with_an_unreadable_header_is_refused_before_decode() -> None:
     with pytest.raises(InvalidImage, match="width and height cannot be read"):
         decode_image(b"RIFF\x00\x00\x00\x00WEBPVP8Z" + bytes(64))
+
+
+def test_opencv_pixel_cap_is_set_before_opencv_loads() -> None:
+    """`emoserve serve` sets OpenCV's own cap first thing; OpenCV reads it only when it is imported,
+    so importing the CLI must not import OpenCV, and the cap then holds for every decode."""
+    png = cv2.imencode(".png", np.zeros((100, 100, 3), np.uint8))[1].tobytes().hex()
+    code = (
+        "import sys, service.cli.serve as s\n"
+        "assert 'cv2' not in sys.modules, 'the CLI imports OpenCV before the cap is set'\n"
+        "s.fence_opencv(50)\n"
+        "import cv2, numpy as np\n"
+        f"data = np.frombuffer(bytes.fromhex('{png}'), np.uint8)\n"
+        "try:\n    cv2.imdecode(data, 1)\nexcept cv2.error:\n    sys.exit(0)\n"
+        "sys.exit('decoded 10,000 pixels under a cap of 50')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
