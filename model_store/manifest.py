@@ -100,6 +100,16 @@ class ServingHints(_Strict):
     queue_size: int | None = Field(None, ge=1, le=100_000)
 
 
+class ExplainSpec(_Strict):
+    """How a classifier explains its answers: a graph output of class activation maps, `[batch, labels, h, w]`
+    (for a network that ends in global pooling and a linear layer, Grad-CAM up to scale). A manifest
+    without it says the model cannot explain."""
+
+    method: Literal["cam"] = "cam"
+    output: str = "cam"
+    flip_averaged: bool = False  # the maps of the image and of its mirror (mirrored back) are averaged
+
+
 class TrainingRun(_Strict):
     """Where a trained model came from."""
 
@@ -137,6 +147,7 @@ class Manifest(_Strict):
     decoding: DetectorDecoding | None = None
     temperature: float | None = Field(default=None, gt=0.0)
     serving: ServingHints | None = None
+    explain: ExplainSpec | None = None
     metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
     provenance: Provenance = Field(default_factory=Provenance)
     licence: str = "unknown"
@@ -169,6 +180,8 @@ class Manifest(_Strict):
             raise ValueError("an emotion classifier's manifest needs its ordered labels")
         if len({f.path for f in self.files}) != len(self.files):
             raise ValueError("duplicate file paths in manifest")
+        if self.explain and self.explain.output not in {o.name for o in self.outputs}:
+            raise ValueError(f"explain.output {self.explain.output!r} is not one of the manifest's outputs")
         return self
 
     @property

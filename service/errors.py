@@ -56,6 +56,10 @@ class InvalidOptions(EmoserveError):
     """Request options out of range or of the wrong type."""
 
 
+class ExplanationUnavailable(InvalidOptions):
+    """explain=true, but the served classifier has no class-activation-map output."""
+
+
 class ModelNotReady(EmoserveError):
     """The models are still loading or failed to load."""
 
@@ -116,6 +120,7 @@ ERROR_TABLE: list[tuple[type[BaseException], ErrorSpec]] = [
     (UnsupportedMediaType, ErrorSpec("unsupported_media_type", 415, 1003, 2)),
     (PayloadTooLarge, ErrorSpec("payload_too_large", 413, 1009, 2)),
     (BodyTimeout, ErrorSpec("body_timeout", 408, 1008, 2)),
+    (ExplanationUnavailable, ErrorSpec("explanation_unavailable", 422, 1008, 2)),
     (InvalidOptions, ErrorSpec("invalid_options", 422, 1008, 2)),
     (Unauthorized, ErrorSpec("unauthorized", 401, 1008, 2)),
     (Forbidden, ErrorSpec("forbidden", 403, 1008, 2)),

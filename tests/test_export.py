@@ -87,8 +87,10 @@ def test_publish_refused_on_parity_failure(
 ) -> None:
     real_export = E.export_onnx
 
-    def broken_export(model: torch.nn.Module, path: Path, input_size: tuple[int, int, int]) -> Path:
-        real_export(model, path, input_size)
+    def broken_export(
+        model: torch.nn.Module, path: Path, input_size: tuple[int, int, int], outputs: tuple[str, ...] = ("logits",)
+    ) -> Path:
+        real_export(model, path, input_size, outputs=outputs)
         g = onnx.load(str(path))
         init = max(g.graph.initializer, key=lambda t: np.prod(t.dims))
         arr = onnx.numpy_helper.to_array(init) * 3.0

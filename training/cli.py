@@ -73,6 +73,14 @@ def export_command(
         bool, typer.Option("--shipped", help="Publish into the package's shipped layer (maintainers).")
     ] = False,
     description: Annotated[str | None, typer.Option("--description", help="Manifest description.")] = None,
+    add_cam: Annotated[
+        bool,
+        typer.Option(
+            "--add-cam",
+            help="Publish each NAME@VERSION again, as it is (weights, labels, metrics), with a class-activation-map "
+            "output for explain=true; no data needed.",
+        ),
+    ] = False,
 ) -> None:
     """Export trained runs (or published models) to ONNX and publish; several become one ensemble (mean logits)."""
     from model_store import ModelStoreError
@@ -80,6 +88,9 @@ def export_command(
     from training.models.ensemble import EnsembleError
     from training.onnx_init import OnnxInitError
 
+    if add_cam:
+        _add_cam(sources, alias, shipped)
+        return
     for src in sources:
         if "@" not in src and not (Path(src) / "best.pt").is_file():
             raise typer.BadParameter(f"{src} has no best.pt (not a finished training run)")
@@ -93,6 +104,29 @@ def export_command(
             publish_run(sources, data, name, get_settings().model_root, alias=alias, **kw)
     except (EnsembleError, OnnxInitError, ModelStoreError) as exc:
         raise typer.BadParameter(str(exc)) from exc
+
+
+def _add_cam(sources: list[str], alias: str, shipped: bool) -> None:
+    """`emoserve export --add-cam`: re-export published models with a `cam` output."""
+    from model_store import ModelStoreError
+    from model_store.store import SHIPPED_ROOT
+    from training.export import ParityError, ship_alias
+    from training.onnx_init import OnnxInitError
+    from training.reexport import add_cam
+
+    if shipped:
+        root, layer = SHIPPED_ROOT, None
+    else:
+        from service.settings import get_settings
+
+        root, layer = get_settings().model_root, SHIPPED_ROOT
+    for src in sources:
+        try:
+            manifest = add_cam(src, root, shipped=layer, alias=None if shipped else alias, log=typer.echo)
+        except (ValueError, OnnxInitError, ModelStoreError, ParityError) as exc:  # CamUnsupported is a ValueError
+            raise typer.BadParameter(str(exc)) from exc
+        if shipped:
+            ship_alias(root, manifest.name, alias, manifest.version)
 
 
 def evaluate_command(

@@ -74,14 +74,13 @@ def _to_map(model: nn.Module, t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def gradcam_logits(
-    model: nn.Module, image: torch.Tensor, target: int | None = None, layer: str | None = None
-) -> tuple[np.ndarray, torch.Tensor]:
-    """Grad-CAM map (H,W, 0..1) for class `target` (default: the top class) and the logits (1,K)."""
+def _raw_cam(
+    model: nn.Module, x: torch.Tensor, target: int | None, layer: str | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Grad-CAM map before its ReLU at the input size (H,W), logits (1,K)) for class `target` (default: the top)."""
     import torch
     import torch.nn.functional as F
 
-    x = _as_batch(image)[:1]
     pairs = find_layers(model, layer)
     stores: list[dict[str, torch.Tensor]] = [{} for _ in pairs]
 
@@ -108,23 +107,47 @@ def gradcam_logits(
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     cam = torch.zeros(x.shape[-2:])
-    for (net, _), store in zip(pairs, stores, strict=True):  # an ensemble's map is the sum of its members'
+    for (net, _), store in zip(pairs, stores, strict=True):  # an ensemble's map: its members' summed, then ReLU
         if "grad" not in store:
             raise RuntimeError("the Grad-CAM layer received no gradient; is it on the path to the output?")
         act, grad = _to_map(net, store["act"].detach()), _to_map(net, store["grad"].detach())
         weights = grad.mean(dim=(2, 3), keepdim=True)
-        part = torch.relu((weights * act).sum(1, keepdim=True))
+        part = (weights * act).sum(1, keepdim=True)
         cam += F.interpolate(part, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    return cam, logits.detach()
+
+
+def gradcam_logits(
+    model: nn.Module, image: torch.Tensor, target: int | None = None, layer: str | None = None, flip: bool = False
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Grad-CAM map (H,W, 0..1) for class `target` (default: the top class) and the logits (1,K).
+
+    With `flip` (a model served with mirror averaging) the logits are those of the image and its mirror
+    averaged, and the map is the mean of both maps, the mirror's mirrored back, as the served `cam` output is.
+    """
+    import torch
+
+    x = _as_batch(image)[:1]
+    if not flip:
+        cam, logits = _raw_cam(model, x, target, layer)
+    else:
+        mirror = torch.flip(x, dims=[3])
+        with torch.no_grad():
+            logits = (model.eval()(x) + model(mirror)) * 0.5
+        cls = int(logits[0].argmax()) if target is None else int(target)
+        cam = (_raw_cam(model, x, cls, layer)[0] + torch.flip(_raw_cam(model, mirror, cls, layer)[0], dims=[1])) * 0.5
+    cam = torch.relu(cam)
     peak = float(cam.max())
     heat = (cam / peak).numpy() if peak > 0 else np.zeros(cam.shape, dtype=np.float32)
-    return heat.astype(np.float32), logits.detach()
+    return heat.astype(np.float32), logits
 
 
 def gradcam(
-    model: nn.Module, image_tensor: torch.Tensor, target: int | None = None, layer: str | None = None
-) -> np.ndarray:
+    model: nn.Module, image_tensor: torch.Tensor, target: int | None = None, layer: str | None = None,
+    flip: bool = False,
+) -> np.ndarray:  # fmt: skip
     """Grad-CAM heat map (H, W) float32 in 0..1 for `target` (default: the predicted class)."""
-    return gradcam_logits(model, image_tensor, target, layer)[0]
+    return gradcam_logits(model, image_tensor, target, layer, flip)[0]
 
 
 def overlay(face: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from training.models.cam import CAM_OUTPUT, CamNet, supports_cam
 from training.models.ensemble import FlipTTA
 from training.onnx_run import ort_run
 
@@ -39,24 +40,29 @@ class ParityError(RuntimeError):
     """The ONNX model does not reproduce the torch model's outputs."""
 
 
-def export_onnx(model: nn.Module, path: Path, input_size: tuple[int, int, int], opset: int = 17) -> Path:
-    """Write `model` (eval, fp32) as one ONNX file with input `input` [batch, C, H, W] and output `logits`."""
+def export_onnx(
+    model: nn.Module, path: Path, input_size: tuple[int, int, int], opset: int = 17,
+    outputs: Sequence[str] = (OUTPUT_NAME,),
+) -> Path:  # fmt: skip
+    """Write `model` (eval, fp32) as one ONNX file with input `input` [batch, C, H, W] and the named outputs
+    (`logits`, then `cam` for a `CamNet`), each with a dynamic batch axis."""
     model = model.eval().float().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     dummy = torch.zeros(2, *input_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the classic exporter is deliberate: one file, no deps
         torch.onnx.export(
-            model, (dummy,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=opset, dynamo=False,
+            model, (dummy,), str(path), input_names=[INPUT_NAME], output_names=list(outputs),
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *outputs)}, opset_version=opset, dynamo=False,
         )  # fmt: skip
     return path
 
 
 def parity_check(model: nn.Module, path: Path, x: np.ndarray, atol: float = PARITY_ATOL) -> float:
-    """Max |torch - onnxruntime| over a batch; raises `ParityError` above `atol`."""
+    """Max |torch - onnxruntime| of the first output (the logits) over a batch; raises `ParityError` above `atol`."""
     with torch.no_grad():
-        ref = model.eval().float()(torch.from_numpy(x)).numpy()
+        out = model.eval().float()(torch.from_numpy(x))
+        ref = (out[0] if isinstance(out, tuple) else out).numpy()
     diff = float(np.abs(ref - ort_run(path, x)).max())
     if not diff <= atol:  # NaN fails too
         raise ParityError(f"ONNX parity check failed: max abs diff {diff:.3g} > {atol:g}; refusing to publish {path}")
@@ -95,11 +101,12 @@ def git_commit(repo: Path | None = None) -> str | None:
 def manifest_draft(
     name: str, cfg: dict[str, Any], default_cfg: dict[str, Any], labels: list[str],
     metrics: dict[str, dict[str, float]], temperature: float | None, provenance: dict[str, Any],
-    description: str = "", licence: str = "unknown",
+    description: str = "", licence: str = "unknown", cam: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The manifest fields (all but version/files) of an exported classifier."""
+    """The manifest fields (all but version/files) of an exported classifier; `cam` from `cam_spec` when the
+    graph has a class-activation-map output."""
     c, h, w = default_cfg["input_size"]
-    return {
+    draft = {
         "name": name, "task": "emotion_classifier", "family": default_cfg["architecture"],
         "description": description,
         "inputs": [{"name": INPUT_NAME, "shape": ["batch", c, h, w], "layout": "NCHW", "color": default_cfg["color"],
@@ -109,6 +116,28 @@ def manifest_draft(
         "labels": list(labels), "temperature": temperature, "metrics": metrics,
         "provenance": {"licence": licence, "training": provenance}, "licence": licence,
     }  # fmt: skip
+    if cam:
+        draft["outputs"].append(cam["output"])
+        draft["explain"] = cam["explain"]
+    return draft
+
+
+def cam_spec(graph: nn.Module, input_size: Sequence[int], flip: bool) -> dict[str, Any]:
+    """The manifest's `cam` output entry and `explain` block for a `CamNet` graph (its map size measured)."""
+    with torch.no_grad():
+        _, cam = graph.eval()(torch.zeros(1, *input_size))
+    k, h, w = (int(v) for v in cam.shape[1:])
+    return {"output": {"name": CAM_OUTPUT, "shape": ["batch", k, h, w]},
+            "explain": {"method": "cam", "output": CAM_OUTPUT, "flip_averaged": bool(flip)}}  # fmt: skip
+
+
+def explain_card_section(spec: dict[str, Any]) -> str:
+    """The model card's paragraph on the graph's class-activation-map output."""
+    _, k, h, w = spec["output"]["shape"]
+    mirror = ", mirror-averaged like the logits" if spec["explain"]["flip_averaged"] else ""
+    return (f"\n## Explanations\n\nThe graph also outputs `{CAM_OUTPUT}` [batch, {k}, {h}, {w}]: each class's "
+            "activation map over the last feature map (Grad-CAM up to scale; an ensemble's maps are its members' "
+            f"mean{mirror}). The service serves it with `explain=true`.\n")  # fmt: skip
 
 
 def model_card(draft: dict[str, Any], cfg: dict[str, Any], params: int, report_text: str, extra: str = "") -> str:
@@ -215,15 +244,18 @@ def publish_run(
         if m.config["classes"] != conf["classes"] or m.cfg.flip_tta != cfg.flip_tta:
             raise EnsembleError(f"{m.source}: its classes or flip TTA differ from {first.source}'s")
     model: nn.Module = LogitMean([m.model for m in members]) if len(members) > 1 else first.model
-    net: nn.Module = FlipTTA(model) if cfg.flip_tta else model
+    cam = supports_cam(model)  # then the graph also outputs class activation maps (training.models.cam)
+    net: nn.Module = CamNet(model, cfg.flip_tta) if cam else FlipTTA(model) if cfg.flip_tta else model
     default_cfg = dict(model.default_cfg)  # type: ignore[arg-type]
+    cam_info = cam_spec(net, default_cfg["input_size"], cfg.flip_tta) if cam else None
     data = Path(data_dir or cfg.data or "")
     val = load_dataset(data, "val", cfg.format, **cfg.data_kwargs)
     (val,) = fit_to_model(model, val, log=log)
     rt = Runtime(torch.device("cpu"), None, False)
     x_val = to_tensor(val.images, default_cfg["mean"], default_cfg["std"], rt).numpy()
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_onnx(net, Path(tmp) / "model.onnx", tuple(default_cfg["input_size"]))
+        outputs = (OUTPUT_NAME, CAM_OUTPUT) if cam else (OUTPUT_NAME,)
+        onnx_path = export_onnx(net, Path(tmp) / "model.onnx", tuple(default_cfg["input_size"]), outputs=outputs)
         diff = parity_check(net, onnx_path, x_val[:64])
         log(f"[export] parity ok: max abs diff {diff:.2e}")
         logits = np.concatenate([ort_run(onnx_path, x_val[i : i + 512]) for i in range(0, len(x_val), 512)])
@@ -249,8 +281,10 @@ def publish_run(
         }  # fmt: skip
         draft = manifest_draft(name or cfg.name, conf, default_cfg, val.labels, metrics,
                                round(temp["temperature"], 4), provenance,
-                               cfg.description if description is None else description, licence)  # fmt: skip
+                               cfg.description if description is None else description, licence,
+                               cam_info)  # fmt: skip
         params = sum(p.numel() for p in model.parameters())
+        extra += explain_card_section(cam_info) if cam_info else ""
         card = model_card(draft, conf, params, format_report(rep), extra)
         store = ModelStore(store_root, shipped=shipped)
         manifest = store.publish(draft, files, card=card, alias=alias)
@@ -285,12 +319,14 @@ def publish_shipped(run_dir: Path | str | Sequence[Path | str], data_dir: Path |
 
     root = Path(shipped_root or SHIPPED_ROOT)
     manifest = publish_run(run_dir, data_dir, name, root, alias=None, shipped=None, log=log, **kw)
-    name = manifest.name
-    (root / name / "aliases.json").write_text(
-        json.dumps({"aliases": {alias: manifest.version}, "history": []}, indent=2) + "\n"
-    )
+    ship_alias(root, manifest.name, alias, manifest.version)
+    return manifest
+
+
+def ship_alias(root: Path, name: str, alias: str, version: int) -> None:
+    """Point `alias` of a model in the shipped layer at `version` (a clean alias file, no history) and tidy up."""
+    (root / name / "aliases.json").write_text(json.dumps({"aliases": {alias: version}, "history": []}, indent=2) + "\n")
     (root / name / ".lock").unlink(missing_ok=True)  # the writer's lock file is not part of the package
     staging = root / ".staging"
     if staging.is_dir() and not any(staging.iterdir()):
         staging.rmdir()
-    return manifest

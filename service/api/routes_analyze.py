@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from service.api.cache import cache_key
 from service.api.context import ServiceContext, authorize, context
 from service.api.inputs import read_images
-from service.errors import ImageTooLarge, InvalidImage, InvalidOptions, RequestTimeout, error_body
+from service.errors import ImageTooLarge, InvalidImage, RequestTimeout, error_body
 from service.pipeline.annotate import annotate_jpeg
 from service.pipeline.schema import AnalysisResult, AnalyzeOptions, Timings
 
@@ -71,6 +71,7 @@ BATCH_BODY = {
                         "min_face_size": {"type": "integer", "minimum": 0},
                         "threshold": {"type": "number", "minimum": 0, "maximum": 1},
                         "landmarks": {"type": "boolean"},
+                        "explain": {"type": "boolean"},
                     },
                     "required": ["images_base64"],
                 }
@@ -78,13 +79,6 @@ BATCH_BODY = {
         },
     }
 }
-
-
-def _options(options: dict[str, Any]) -> AnalyzeOptions:
-    options = dict(options)
-    if str(options.pop("explain", "false")).lower() in ("1", "true", "yes"):
-        raise InvalidOptions("explain: the served classifier does not provide heat maps yet")
-    return AnalyzeOptions.parse(options)
 
 
 @dataclass
@@ -97,7 +91,7 @@ async def _analyze_one(ctx: ServiceContext, data: bytes, options: dict[str, Any]
     """Run (or fetch from the cache) one analysis. A cached answer keeps its body but carries this
     request's timings: only `total`, the time spent hashing and looking it up."""
     started = time.perf_counter()
-    opts = _options(options)
+    opts = AnalyzeOptions.parse(options)
     async with ctx.manager.use() as pipeline:
         models = {role: [n, v] for role, (n, v, _) in pipeline.model_versions().items()}
         key = cache_key(hashlib.sha256(data).hexdigest(), models, opts.model_dump(mode="json"))
@@ -146,7 +140,7 @@ async def analyze_batch(request: Request) -> JSONResponse:
     await authorize(request)
     ctx = context(request)
     req = await read_images(request, field="images", many=True, max_images=ctx.settings.batch_limit)
-    _options(req.options)  # invalid options fail the whole request (422)
+    AnalyzeOptions.parse(req.options)  # invalid options fail the whole request (422)
 
     async def slot(data: bytes | InvalidImage) -> _Answer:
         try:

@@ -306,6 +306,7 @@ class StreamSession:
                     ),
                     classified=how.classified,
                     emotion_age=how.age,
+                    explanation=face.explanation,
                 )
             )
         return faces

@@ -29,6 +29,9 @@ def predict(
     classifier: Annotated[str | None, typer.Option("--classifier", help="NAME@ALIAS or NAME@VERSION.")] = None,
     max_faces: Annotated[int | None, typer.Option("--max-faces", help="Most faces per image.")] = None,
     threshold: Annotated[float | None, typer.Option("--threshold", help="Face score threshold.")] = None,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="A heat map per face: in the JSON, and drawn with --annotate.")
+    ] = False,
 ) -> None:
     """Find every face in the images and classify its emotion."""
     from service.pipeline.analyze import Pipeline
@@ -37,6 +40,7 @@ def predict(
     settings = load_settings(detector=detector, classifier=classifier)
     pipeline = Pipeline.load(settings, store=open_store(settings))
     options = {k: v for k, v in {"max_faces": max_faces, "threshold": threshold}.items() if v is not None}
+    options["explain"] = explain
     results = []
     try:
         for image in images:

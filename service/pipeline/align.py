@@ -69,11 +69,13 @@ class Preprocessor:
 
     def crop(self, image_bgr: np.ndarray, box: Sequence[float], landmarks: np.ndarray | None) -> np.ndarray:
         """The aligned BGR uint8 crop (height, width, 3)."""
+        return self.warp(image_bgr, self.matrix(box, landmarks))
+
+    def warp(self, image_bgr: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        """The crop that `matrix` (image -> crop) makes."""
         import cv2
 
-        return cv2.warpAffine(
-            image_bgr, self.matrix(box, landmarks), self.size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-        )
+        return cv2.warpAffine(image_bgr, matrix, self.size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
     def normalize(self, crops: list[np.ndarray]) -> np.ndarray:
         """BGR uint8 crops -> the float32 batch the model expects (colour order, scale/mean/std, layout)."""

@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 
 from model_store import ModelNotFound, ModelStore, ResolvedModel
-from service.errors import InvalidImage
-from service.pipeline.classifier import EmotionClassifier
+from service.errors import ExplanationUnavailable, InvalidImage
+from service.pipeline.classifier import EmotionClassifier, Scores
 from service.pipeline.decode import decode_image
 from service.pipeline.detectors import DetectedFace, FaceDetector, create_detector
+from service.pipeline.explain import explanation
 from service.pipeline.schema import (
     AnalysisResult,
     AnalyzeOptions,
@@ -53,6 +54,7 @@ NO_CLASSIFIER_HINT = (
 class _Prepared:
     size: tuple[int, int]  # (width, height); the decoded image itself is not kept while faces wait for the classifier
     faces: list[DetectedFace]
+    matrices: list[np.ndarray]  # each face's alignment, image -> crop
     batch: np.ndarray
     decode_s: float
     detect_s: float
@@ -118,9 +120,11 @@ class Pipeline:
         t1 = time.perf_counter()
         faces = self._detect(bgr, opts)
         t2 = time.perf_counter()
-        batch = self.classifier.preprocess(bgr, [(f.box, f.landmarks) for f in faces])
+        pre = self.classifier.preprocessor
+        matrices = [pre.matrix(f.box, f.landmarks) for f in faces]
+        batch = pre.normalize([pre.warp(bgr, m) for m in matrices])
         t3 = time.perf_counter()
-        return _Prepared((bgr.shape[1], bgr.shape[0]), faces, batch, t1 - t0, t2 - t1, t3 - t2)
+        return _Prepared((bgr.shape[1], bgr.shape[0]), faces, matrices, batch, t1 - t0, t2 - t1, t3 - t2)
 
     def _decode(self, image: ImageInput) -> np.ndarray:
         if isinstance(image, np.ndarray):
@@ -139,13 +143,28 @@ class Pipeline:
         found.sort(key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), reverse=True)
         return found[:max_faces]
 
+    def _check(self, opts: AnalyzeOptions) -> AnalyzeOptions:
+        """The options, refused when they ask for what the served models cannot give."""
+        if opts.explain and not self.classifier.can_explain:
+            raise ExplanationUnavailable(
+                f"explain: {self.classifier.model.ref} does not provide heat maps (its manifest has no `explain` "
+                "output); serve a version that does, or re-export it with `emoserve export NAME@VERSION --add-cam`",
+                detail={"model": self.classifier.model.ref},
+            )
+        return opts
+
     def _result(
-        self, prep: _Prepared, probs: np.ndarray, opts: AnalyzeOptions, queue_s: float, classify_s: float, t0: float
+        self, prep: _Prepared, scores: Scores, opts: AnalyzeOptions, queue_s: float, classify_s: float, t0: float
     ) -> AnalysisResult:
         labels = self.classifier.labels
+        probs, cams = scores
         faces = []
-        for face, p in zip(prep.faces, probs, strict=True):
+        for i, (face, p) in enumerate(zip(prep.faces, probs, strict=True)):
             best = int(np.argmax(p))
+            explained = None
+            if opts.explain and cams is not None:
+                size = self.classifier.preprocessor.size
+                explained = explanation(labels[best], cams[i, best], prep.matrices[i], size)
             marks = None
             if opts.landmarks and face.landmarks is not None:
                 marks = [[round(float(x), 2), round(float(y), 2)] for x, y in np.asarray(face.landmarks)]
@@ -159,6 +178,7 @@ class Pipeline:
                         confidence=float(p[best]),
                         scores={label: float(v) for label, v in zip(labels, p, strict=True)},
                     ),
+                    explanation=explained,
                 )
             )
         det = self.detector_model.manifest
@@ -184,7 +204,7 @@ class Pipeline:
     async def analyze(self, image: ImageInput, options: OptionsInput = None) -> AnalysisResult:
         """Analyze encoded image bytes or a BGR uint8 array. Decode/detect/align run in a thread."""
         t0 = time.perf_counter()
-        opts = AnalyzeOptions.parse(options)
+        opts = self._check(AnalyzeOptions.parse(options))
         prep = await asyncio.to_thread(self._prepare, image, opts)
         timed = await self.classifier.classify(prep.batch)
         return self._result(prep, timed.result, opts, timed.queue_s, timed.run_s, t0)
@@ -199,7 +219,7 @@ class Pipeline:
             result = await self.analyze(image, options)
             return result, [FaceReuse(True, 0) for _ in result.faces]
         t0 = time.perf_counter()
-        opts = AnalyzeOptions.parse(options)
+        opts = self._check(AnalyzeOptions.parse(options))
         if state.owner is not self:  # probabilities of another classifier are not reused
             state.reset()
             state.owner = self
@@ -207,20 +227,25 @@ class Pipeline:
         timed = await self.classifier.classify(prep.batch)
         now = time.perf_counter()
         probs = np.zeros((len(prep.faces), len(self.classifier.labels)))
+        new_cams = timed.result.cams
+        cams = None if new_cams is None else np.zeros((len(prep.faces), *new_cams.shape[1:]), np.float32)
         reuse, tracked, k = [], [], 0
         for i, (face, prev) in enumerate(zip(prep.faces, before, strict=True)):
             if fresh[i] is not None:
-                probs[i] = timed.result[k]
-                tracked.append(TrackedFace(face, fresh[i], probs[i], now, 0))
+                probs[i] = timed.result.probs[k]
+                cam = None if new_cams is None else new_cams[k]
+                tracked.append(TrackedFace(face, fresh[i], probs[i], now, 0, cam))
                 reuse.append(FaceReuse(True, 0))
                 k += 1
             else:
                 assert prev is not None and prev.probs is not None
-                probs[i] = prev.probs
-                tracked.append(TrackedFace(face, prev.thumb, prev.probs, prev.classified_at, prev.age + 1))
+                probs[i], cam = prev.probs, prev.cam
+                tracked.append(TrackedFace(face, prev.thumb, prev.probs, prev.classified_at, prev.age + 1, prev.cam))
                 reuse.append(FaceReuse(False, prev.age + 1))
+            if cams is not None and cam is not None:
+                cams[i] = cam
         state.faces = tracked
-        return self._result(prep, probs, opts, timed.queue_s, timed.run_s, t0), reuse
+        return self._result(prep, Scores(probs, cams), opts, timed.queue_s, timed.run_s, t0), reuse
 
     def _prepare_stream(
         self, image: ImageInput, opts: AnalyzeOptions, state: StreamState, policy: ReusePolicy
@@ -242,22 +267,25 @@ class Pipeline:
             state.since_detect += 1
         state.grey = grey
         t2 = time.perf_counter()
-        crops = [self.classifier.preprocessor.crop(bgr, f.box, f.landmarks) for f in faces]
+        pre = self.classifier.preprocessor
+        matrices = [pre.matrix(f.box, f.landmarks) for f in faces]
+        crops = [pre.warp(bgr, m) for m in matrices]
         thumbs = [thumbnail(c) for c in crops]
         now = time.perf_counter()
         fresh = [t if needs_classifying(policy, b, t, now) else None for t, b in zip(thumbs, before, strict=True)]
         batch = self.classifier.preprocessor.normalize([c for c, f in zip(crops, fresh, strict=True) if f is not None])
         t3 = time.perf_counter()
-        return _Prepared((bgr.shape[1], bgr.shape[0]), faces, batch, t1 - t0, t2 - t1, t3 - t2), fresh, before
+        size = (bgr.shape[1], bgr.shape[0])
+        return _Prepared(size, faces, matrices, batch, t1 - t0, t2 - t1, t3 - t2), fresh, before
 
     def analyze_sync(self, image: ImageInput, options: OptionsInput = None) -> AnalysisResult:
         """Blocking analysis without the batcher (CLI, scripts); the same result as `analyze`."""
         t0 = time.perf_counter()
-        opts = AnalyzeOptions.parse(options)
+        opts = self._check(AnalyzeOptions.parse(options))
         prep = self._prepare(image, opts)
         t1 = time.perf_counter()
-        probs = self.classifier.run(prep.batch)
-        return self._result(prep, probs, opts, 0.0, time.perf_counter() - t1, t0)
+        scores = self.classifier.run(prep.batch)
+        return self._result(prep, scores, opts, 0.0, time.perf_counter() - t1, t0)
 
     async def aclose(self) -> None:
         """Stop the batcher (waiting callers get an error) and release the sessions."""

@@ -1,4 +1,5 @@
-"""Draw an analysis onto its image: boxes, landmarks, the top label and a small score bar per emotion.
+"""Draw an analysis onto its image: boxes, landmarks, the top label and a small score bar per emotion,
+and each face's heat map when the analysis has explanations.
 
 `layout` (pure) decides where captions and score panels go so that none covers another face.
 """
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from service.pipeline.decode import decode_image
+from service.pipeline.explain import paint
 from service.pipeline.schema import AnalysisResult
 
 # BGR colours per common emotion label; other labels get grey
@@ -209,6 +211,9 @@ def draw(image_bgr: np.ndarray, result: AnalysisResult | Mapping[str, Any]) -> n
         )
         for f in faces
     ]
+    for face in faces:  # the heat maps first, under the boxes and labels
+        if face.get("explanation"):
+            paint(out, np.asarray(face["explanation"]["grid"]), np.asarray(face["explanation"]["affine"]))
     for face, place in zip(faces, layout((w, h), infos), strict=True):
         emotion = face["emotion"]
         colour = _colour(emotion["label"])

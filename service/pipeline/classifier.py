@@ -10,7 +10,9 @@ which is the same thing.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,6 +42,23 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return out
 
 
+class Scores(NamedTuple):
+    """A batch's probabilities (N, labels) and, when the model explains, its class activation maps (N, labels, h, w)."""
+
+    probs: np.ndarray
+    cams: np.ndarray | None = None
+
+    def rows(self, start: int, stop: int) -> Scores:
+        return Scores(self.probs[start:stop], None if self.cams is None else self.cams[start:stop])
+
+
+def join_scores(parts: list[Scores]) -> Scores:
+    """Consecutive batches' scores as one."""
+    cams = [p.cams for p in parts]
+    joined = None if any(c is None for c in cams) else np.concatenate(cams)  # type: ignore[arg-type]
+    return Scores(np.concatenate([p.probs for p in parts]), joined)
+
+
 def chunks(batch: np.ndarray, size: int) -> list[np.ndarray]:
     """`batch` cut into consecutive pieces of at most `size` rows."""
     return [batch[i : i + size] for i in range(0, len(batch), size)]
@@ -61,16 +80,18 @@ class EmotionClassifier:
         self.output_name = manifest.outputs[0].name if manifest.outputs else session.output_names[0]
         if self.output_name not in session.output_names:
             self.output_name = session.output_names[0]
+        explain = manifest.explain
+        self.cam_output = explain.output if explain and explain.output in session.output_names else None
         hints = manifest.serving or ServingHints()  # per model; the settings are defaults and ceilings
         delay = hints.max_delay_ms
-        self.batcher: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher(
+        self.batcher: DynamicBatcher[np.ndarray, Scores] = DynamicBatcher(
             self.run_many,
             max_batch=min(settings.max_batch, hints.max_batch or settings.max_batch),
             max_delay_ms=settings.max_delay_ms if delay is None else delay,
             queue_size=min(settings.queue_size, hints.queue_size or settings.queue_size),
             size_of=len,
             split=chunks,
-            join=np.concatenate,
+            join=join_scores,
             executor=session.executor,
             name=f"classifier {model.ref}",
         )
@@ -82,6 +103,11 @@ class EmotionClassifier:
     @property
     def version(self) -> int:
         return self.model.manifest.version
+
+    @property
+    def can_explain(self) -> bool:
+        """True when the model outputs class activation maps (its manifest's `explain`)."""
+        return self.cam_output is not None
 
     def preprocess(
         self, image_bgr: np.ndarray, faces: Sequence[tuple[Sequence[float], np.ndarray | None]]
@@ -99,25 +125,32 @@ class EmotionClassifier:
             return out / out.sum(axis=1, keepdims=True)
         return softmax(out / t)
 
-    def run_many(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+    def empty(self) -> Scores:
+        return Scores(np.zeros((0, len(self.labels))), None)
+
+    def run_many(self, batches: list[np.ndarray]) -> list[Scores]:
         """Several callers' batches in one model call; each gets its own rows back (the batcher's function)."""
         sizes = [len(b) for b in batches]
-        probs = self.run(np.concatenate(batches)) if sum(sizes) else np.zeros((0, len(self.labels)))
-        return list(np.split(probs, np.cumsum(sizes)[:-1]))
+        scores = self.run(np.concatenate(batches)) if sum(sizes) else self.empty()
+        bounds = np.cumsum([0, *sizes])
+        return [scores.rows(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """Synchronous: a preprocessed batch (N, ...) -> probabilities (N, labels), in model calls of at
-        most `max_batch` faces."""
+    def run(self, batch: np.ndarray) -> Scores:
+        """Synchronous: a preprocessed batch (N, ...) -> probabilities (N, labels) and maps, in model calls of at
+        most `max_batch` faces. The maps come with every call: in the graph they cost next to nothing."""
         if len(batch) == 0:
-            return np.zeros((0, len(self.labels)))
+            return self.empty()
         feed = self.session.input_names[0]
-        raw = [self.session.run([self.output_name], {feed: part})[0] for part in chunks(batch, self.batcher.max_batch)]
-        return self.postprocess(np.concatenate(raw))
+        names = [self.output_name] + ([self.cam_output] if self.cam_output else [])
+        outs = [self.session.run(names, {feed: part}) for part in chunks(batch, self.batcher.max_batch)]
+        probs = self.postprocess(np.concatenate([o[0] for o in outs]))
+        cams = np.concatenate([o[1] for o in outs]).astype(np.float32) if self.cam_output else None
+        return Scores(probs, cams)
 
-    async def classify(self, batch: np.ndarray) -> Timed[np.ndarray]:
-        """Probabilities of one image's faces, batched with other callers; with queue/run times."""
+    async def classify(self, batch: np.ndarray) -> Timed[Scores]:
+        """Probabilities (and maps) of one image's faces, batched with other callers; with queue/run times."""
         if len(batch) == 0:
-            return Timed(np.zeros((0, len(self.labels))), 0.0, 0.0, 0)
+            return Timed(self.empty(), 0.0, 0.0, 0)
         return await self.batcher.submit_timed(batch)
 
     async def aclose(self) -> None:

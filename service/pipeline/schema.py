@@ -42,11 +42,23 @@ class Emotion(_Out):
     scores: dict[str, float] = Field(description="label -> probability, in the classifier's label order")
 
 
+class Explanation(_Out):
+    """Where the classifier looked: its class activation map for the face's label, over the aligned crop."""
+
+    label: str = Field(description="the class the map explains: the face's label")
+    grid: list[list[float]] = Field(description="the map, rows top to bottom, values in [0, 1] (1 = the peak)")
+    affine: list[list[float]] = Field(
+        description="2x3 matrix from grid coordinates (column, row; cell centres at integers) to image pixels: "
+        "cv2.warpAffine(np.float32(grid), np.float32(affine), (width, height)) lays the map on the image"
+    )
+
+
 class Face(_Out):
     box: Box
     score: float
     landmarks: list[list[float]] | None = Field(None, description="5 [x, y] points, or null")
     emotion: Emotion
+    explanation: Explanation | None = Field(None, description="with explain=true: the face's heat map, else null")
 
 
 class Timings(_Out):
@@ -76,6 +88,7 @@ class AnalyzeOptions(BaseModel):
     min_face_size: int | None = Field(None, ge=0, le=4096, description="Ignore faces smaller than this (pixels).")
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="Face score threshold.")
     landmarks: bool = Field(True, description="Include the 5 landmarks of each face.")
+    explain: bool = Field(False, description="A heat map per face of where the classifier looked.")
 
     @classmethod
     def parse(cls, options: AnalyzeOptions | Mapping[str, Any] | None) -> AnalyzeOptions:

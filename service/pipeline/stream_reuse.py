@@ -55,6 +55,7 @@ class TrackedFace:
     probs: np.ndarray | None = None
     classified_at: float = 0.0
     age: int = 0  # processed frames since it was classified
+    cam: np.ndarray | None = None  # its class activation maps (labels, h, w), when the model gives them
 
 
 @dataclass

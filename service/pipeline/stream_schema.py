@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from service.errors import InvalidOptions
-from service.pipeline.schema import AnalyzeOptions, Box
+from service.pipeline.schema import AnalyzeOptions, Box, Explanation
 
 
 class _In(BaseModel):
@@ -31,6 +31,7 @@ class StreamConfig(_In):
     reuse: bool | None = Field(None, description="Reuse work across frames (default: EMOSERVE_WS_REUSE).")
     detect_every: int | None = Field(None, ge=1, le=1000, description="Full detection every N processed frames.")
     reclassify_every: int | None = Field(None, ge=1, le=1000, description="Classify a face again after N frames.")
+    explain: bool | None = Field(None, description="A heat map per face (`explanation`), as REST's explain=true.")
 
 
 class FrameMeta(_In):
@@ -74,13 +75,14 @@ class StreamSettings(BaseModel):
     reuse: bool | None = None
     detect_every: int | None = None
     reclassify_every: int | None = None
+    explain: bool = False
 
     def merged(self, update: StreamConfig) -> StreamSettings:
         changes: dict[str, Any] = update.model_dump(exclude={"type"}, exclude_none=True)
         return self.model_copy(update=changes)
 
     def options(self) -> AnalyzeOptions:
-        return AnalyzeOptions(max_faces=self.max_faces, threshold=self.threshold)
+        return AnalyzeOptions(max_faces=self.max_faces, threshold=self.threshold, explain=self.explain)
 
 
 class StreamEmotion(BaseModel):
@@ -98,6 +100,7 @@ class StreamFace(BaseModel):
     emotion: StreamEmotion
     classified: bool = Field(True, description="the emotion was computed for this frame (false: carried over)")
     emotion_age: int = Field(0, description="processed frames since this face's emotion was computed")
+    explanation: Explanation | None = Field(None, description="with `explain`: the heat map of this frame's label")
 
 
 class StreamResult(BaseModel):
