@@ -121,10 +121,14 @@ def test_bad_input_gets_clear_4xx(server: Server, kwargs: dict, status: int, cod
 
 def test_bad_options_are_422(server: Server) -> None:
     with server.client() as c:
-        for query in ("max_faces=0", "threshold=2", "threshold=abc", "min_face_size=-1", "explain=true"):
+        for query in ("max_faces=0", "threshold=2", "threshold=abc", "min_face_size=-1", "explain=maybe"):
             r = c.post(f"/v1/analyze?{query}", content=jpeg(), headers={"content-type": "image/jpeg"})
             assert r.status_code == 422, (query, r.text)
             assert r.json()["error"]["code"] == "invalid_options"
+        # the tiny classifier has no class-activation-map output: explain=true names it
+        r = c.post("/v1/analyze?explain=true", content=jpeg(), headers={"content-type": "image/jpeg"})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "explanation_unavailable", r.text
+        assert "tiny-emotion@1" in r.json()["error"]["message"]
 
 
 def test_pixel_limit_is_413(model_root: Path, tmp_path: Path) -> None:

@@ -395,3 +395,47 @@ def test_distill_from_published_teacher(
     assert out["val_accuracy"] >= 0.6, out  # chance is 0.25
     with pytest.raises(ValueError, match="distill_weight"):
         tiny_config(distill_from=onnx_path, distill_weight=1.5)
+
+
+def test_add_cam_reexports_a_published_model(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model published without maps gets them as a new version (same logits, an `explain` block, a card
+    paragraph); a model that has them is refused, and so is a network without pooling + linear head."""
+    import typer
+    from typer.testing import CliRunner
+
+    import training.cli as cli
+    from training.checkpoints import load_checkpoint
+    from training.models import create_model
+    from training.models.cam import CamNet, CamUnsupported
+    from training.onnx_run import ort_run, ort_session
+
+    run, data = trained
+    root = tmp_path / "store"
+    m = E.publish_run(run, data, "emotion-src", root, shipped=None, log=lambda s: None)
+    assert m.explain is not None and m.explain.flip_averaged and [o.name for o in m.outputs] == ["logits", "cam"]
+    model, _, _ = load_checkpoint(run / "best.pt")  # the same model as published before maps existed
+    plain = E.export_onnx(E.FlipTTA(model), tmp_path / "plain.onnx", (1, 48, 48))
+    draft = m.model_dump(mode="json", exclude={"version", "files", "created", "explain"})
+    draft["outputs"] = draft["outputs"][:1]
+    store = ModelStore(root, shipped=None)
+    old = store.publish(draft, {"model.onnx": plain})
+    assert old.explain is None
+    monkeypatch.setenv("EMOSERVE_MODEL_ROOT", str(root))
+    app = typer.Typer()
+    cli.register(app)
+    res = CliRunner().invoke(app, ["export", f"emotion-src@{old.version}", "--add-cam", "--alias", "candidate"])
+    assert res.exit_code == 0, res.output
+    new = store.get("emotion-src@candidate")
+    assert new.manifest.version == old.version + 1 and new.manifest.explain == m.explain
+    assert new.manifest.metrics == old.metrics and new.manifest.labels == old.labels
+    x = np.random.default_rng(0).random((8, 1, 48, 48), dtype=np.float32)
+    logits, cam = ort_session(new.model_path).run(None, {"input": x})
+    assert np.abs(logits - ort_run(plain, x)).max() <= 1e-4
+    assert cam.shape[:2] == (8, len(old.labels or []))
+    assert "## Explanations" in (new.path / "MODEL_CARD.md").read_text()
+    res = CliRunner().invoke(app, ["export", "emotion-src@candidate", "--add-cam"])
+    assert res.exit_code == 2 and "already outputs class activation maps" in res.output
+    with pytest.raises(CamUnsupported):
+        CamNet(create_model("mobilenet_fer", 7, 1))

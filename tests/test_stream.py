@@ -21,7 +21,7 @@ from tests.api_server import Server, run_server
 from tests.helpers.tiny_models import publish_test_models, publish_tiny_classifier, tiny_models_env
 
 RESULT_KEYS = {"type", "frame_id", "ts", "latency_ms", "faces", "dropped_since_last"}
-FACE_KEYS = {"track_id", "box", "score", "landmarks", "emotion", "classified", "emotion_age"}
+FACE_KEYS = {"track_id", "box", "score", "landmarks", "emotion", "classified", "emotion_age", "explanation"}
 EMOTION_KEYS = {"label", "confidence", "scores", "smoothed_scores"}
 
 

@@ -37,7 +37,8 @@ def add_cam(
     run = manifest.provenance.training
     flip = bool(run and run.config.get("flip_tta"))
     graph = CamNet(model, flip).eval()  # CamUnsupported for a network without global pooling and a linear head
-    size = tuple(int(v) for v in model.default_cfg["input_size"])  # type: ignore[index]
+    c, h, w = (int(v) for v in model.default_cfg["input_size"])  # type: ignore[index]
+    size = (c, h, w)
     x = torch.rand(32, *size, generator=torch.Generator().manual_seed(0)).numpy()
     x = (x - np.asarray(manifest.input.mean, np.float32)[:, None, None]) / np.asarray(manifest.input.std, np.float32)[
         :, None, None

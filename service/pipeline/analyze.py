@@ -228,7 +228,7 @@ class Pipeline:
         now = time.perf_counter()
         probs = np.zeros((len(prep.faces), len(self.classifier.labels)))
         new_cams = timed.result.cams
-        cams = None if new_cams is None else np.zeros((len(prep.faces), *new_cams.shape[1:]), np.float32)
+        cams: list[np.ndarray | None] = []
         reuse, tracked, k = [], [], 0
         for i, (face, prev) in enumerate(zip(prep.faces, before, strict=True)):
             if fresh[i] is not None:
@@ -242,10 +242,10 @@ class Pipeline:
                 probs[i], cam = prev.probs, prev.cam
                 tracked.append(TrackedFace(face, prev.thumb, prev.probs, prev.classified_at, prev.age + 1, prev.cam))
                 reuse.append(FaceReuse(False, prev.age + 1))
-            if cams is not None and cam is not None:
-                cams[i] = cam
+            cams.append(cam)
         state.faces = tracked
-        return self._result(prep, Scores(probs, cams), opts, timed.queue_s, timed.run_s, t0), reuse
+        maps = np.stack(cams) if cams and all(c is not None for c in cams) else None  # type: ignore[arg-type]
+        return self._result(prep, Scores(probs, maps), opts, timed.queue_s, timed.run_s, t0), reuse
 
     def _prepare_stream(
         self, image: ImageInput, opts: AnalyzeOptions, state: StreamState, policy: ReusePolicy

@@ -55,7 +55,9 @@ class Scores(NamedTuple):
 def join_scores(parts: list[Scores]) -> Scores:
     """Consecutive batches' scores as one."""
     cams = [p.cams for p in parts]
-    joined = None if any(c is None for c in cams) else np.concatenate(cams)  # type: ignore[arg-type]
+    joined: np.ndarray | None = None
+    if all(c is not None for c in cams):
+        joined = np.concatenate(cams)  # type: ignore[arg-type]
     return Scores(np.concatenate([p.probs for p in parts]), joined)
 
 

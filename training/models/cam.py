@@ -26,10 +26,12 @@ class CamUnsupported(ValueError):
     """The network does not end in global pooling and one linear layer."""
 
 
-def cam_parts(net: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor],
-                                       nn.Linear]:  # fmt: skip
+Fn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def cam_parts(net: nn.Module) -> tuple[Fn, Fn, nn.Linear]:
     """(last feature map of x, head on the pooled features, the head's linear layer) of a supported network."""
-    if isinstance(net, MobileNetV2):
+    if isinstance(net, MobileNetV2) and isinstance(net.classifier[-1], nn.Linear):
         return (lambda x: net.features(net.input_adapter(x))), net.classifier, net.classifier[-1]
     if isinstance(net, ResNet):
         return net.forward_features, (lambda p: net.fc(net.drop(p))), net.fc

@@ -52,7 +52,7 @@ class _Base:
 
 
 class Client(_Base):
-    """Blocking client. `options` of each call: max_faces, min_face_size, threshold, landmarks."""
+    """Blocking client. `options` of each call: max_faces, min_face_size, threshold, landmarks, explain."""
 
     def __init__(self, url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 30.0) -> None:
         super().__init__(url, api_key)

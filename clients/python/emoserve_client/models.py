@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.pipeline.schema import AnalysisResult, AnalyzeOptions, Box, Emotion, Face
+from service.pipeline.schema import AnalysisResult, AnalyzeOptions, Box, Emotion, Explanation, Face
 from service.pipeline.stream_schema import (
     Pong,
     StreamConfig,
@@ -18,6 +18,7 @@ __all__ = [
     "AnalyzeOptions",
     "Box",
     "Emotion",
+    "Explanation",
     "Face",
     "Pong",
     "StreamConfig",
