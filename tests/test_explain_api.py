@@ -37,6 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
         "EMOSERVE_DETECTOR": TEST_DETECTOR_REF,
         "EMOSERVE_CLASSIFIER": CLASSIFIER,
         "EMOSERVE_REDIS_URL": redis_url,
+        "EMOSERVE_WS_RECLASSIFY_MS": "60000",  # no clock in reuse decisions: a busy machine must not change them
     }
     with run_server(env, tmp_path_factory.mktemp("explain-logs")) as s:
         yield s
