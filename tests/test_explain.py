@@ -1,8 +1,9 @@
-"""Grad-CAM, feature grids and the `emoserve explain` command."""
+"""Grad-CAM, feature grids, the explain sheet and the `emoserve explain` command (service/cli/explain.py)."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ import torch.nn as nn  # noqa: E402
 import typer  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
+from service.cli import explain as explain_cli  # noqa: E402
+from service.cli.explain import CELL  # noqa: E402
+from tests.conftest import shared_path  # noqa: E402
 from training import compare, explain  # noqa: E402
 from training.models import create_model  # noqa: E402
 
@@ -137,12 +141,30 @@ def test_overlay_and_feature_grid(bar_net: BarNet) -> None:
 
 def _app() -> typer.Typer:
     app = typer.Typer()
-    explain.register(app)
+    explain_cli.register(app)
     compare.register(app)
     return app
 
 
+def sheet_rows(sheet: np.ndarray) -> int:
+    """Face rows of an explain sheet, counted from its pixels: runs of pixel lines where the overlay column
+    (never white: the JET map is blended on every pixel) is inked across."""
+    inked = (sheet[:, CELL + 40 : 2 * CELL] < 250).any(axis=2).mean(axis=1) > 0.9
+    return int(inked[0]) + int(np.count_nonzero(inked[1:] & ~inked[:-1]))
+
+
+def test_explain_sheet_has_a_row_per_face() -> None:
+    rng = np.random.default_rng(0)
+    rows = [((rng.random((48, 48)) * 255).astype(np.uint8), rng.random((6, 6)).astype(np.float32), [f"{i}: happy"])
+            for i in range(3)]  # fmt: skip
+    page = explain.explain_sheet(rows, "a title", CELL)
+    assert sheet_rows(page) == 3 and page.shape[0] > 3 * CELL and page.dtype == np.uint8
+    assert sheet_rows(explain.explain_sheet(rows[:1], "a title", CELL)) == 1
+
+
 def test_explain_cli(tmp_path: Path) -> None:
+    """A torch checkpoint on a generated image: the detector finds no face, so the image is explained as one
+    crop (said on stderr); --crop does that without detecting; errors are one line and exit code 2."""
     model = create_model("cnn", 7, 1, width_mult=0.0625)
     classes = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
     ckpt = tmp_path / "best.pt"
@@ -151,24 +173,95 @@ def test_explain_cli(tmp_path: Path) -> None:
     image = tmp_path / "face.png"
     cv2.imwrite(str(image), (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
     runner = CliRunner()
+    env = {"EMOSERVE_MODEL_ROOT": str(tmp_path / "root")}  # the shipped detector
     args = ["explain", str(image), "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"), "--json"]
-    res = runner.invoke(_app(), [*args, "--target", "happy", "--features", "features.0"])
-    assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
-    assert out["target"] == "happy" and set(out["probabilities"]) == set(classes)
-    cam = cv2.imread(out["gradcam"])
-    assert cam is not None and cam.shape == (224, 224, 3)
-    assert cv2.imread(out["features"]) is not None
-    # a bare state_dict needs the architecture name
+    for crop in (False, True):
+        res = runner.invoke(
+            _app(), [*args, "--target", "happy", "--features", "features.0", *["--crop"] * crop], env=env
+        )
+        assert res.exit_code == 0, res.output
+        assert ("no face found in face.png" in res.stderr) is not crop
+        out = json.loads(res.stdout)
+        assert out["mode"] == "crop" and out["photo"] is None and len(out["faces"]) == 1
+        face = out["faces"][0]
+        assert face["target"] == "happy" and list(face["probabilities"]) == classes
+        assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+        assert face["box"] == [0, 0, 64, 64] and face["sheet"] == out["sheet"]
+        sheet = cv2.imread(out["sheet"])
+        assert sheet is not None and sheet_rows(sheet) == 1
+        assert cv2.imread(face["features"]) is not None
+    # a bare state_dict needs the architecture name; this one's width differs from the default
     torch.save(model.state_dict(), tmp_path / "sd.pt")
     res = runner.invoke(
-        _app(), ["explain", str(image), "-c", str(tmp_path / "sd.pt"), "-m", "cnn", "--num-classes", "7"]
+        _app(), ["explain", str(image), "-c", str(tmp_path / "sd.pt"), "-m", "cnn", "--num-classes", "7", "--crop"]
     )
-    assert res.exit_code != 0 and "size mismatch" in repr(res.exception)  # width differs from the default
+    assert res.exit_code == 2 and "size mismatch" in res.output
     # a store reference goes to the store (see tests/test_export.py for one that exists)
-    res = runner.invoke(
-        _app(), ["explain", str(image), "--model", "emotion@prod"], env={"EMOSERVE_MODEL_ROOT": str(tmp_path)}
-    )
+    res = runner.invoke(_app(), ["explain", str(image), "--model", "emotion@prod"], env=env)
     assert res.exit_code == 2 and "no model named 'emotion'" in " ".join(res.output.split())
-    res = runner.invoke(_app(), ["explain", str(image)])
+    res = runner.invoke(_app(), ["explain", str(image)], env=env)
     assert res.exit_code == 2 and "--checkpoint" in res.output
+    for bad in (tmp_path / "missing.png", ckpt):  # no such file; not an image
+        res = runner.invoke(_app(), ["explain", str(bad), "--checkpoint", str(ckpt)], env=env)
+        assert res.exit_code == 2 and f"cannot read image {bad}" in " ".join(res.output.split()), res.output
+        assert len(res.output.strip().splitlines()) == 1
+
+
+def test_explain_without_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ModuleNotFoundError
+    res = CliRunner().invoke(_app(), ["explain", str(tmp_path / "face.png"), "--crop"])
+    assert res.exit_code == 1 and res.output.strip() == f"error: {explain_cli.TRAIN_EXTRAS}"
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_explain_photo_explains_every_face_the_service_finds(tmp_path: Path) -> None:
+    """`emoserve explain PHOTO --model emotion-ferplus8@production` on the real app: one sheet row per face,
+    and the faces, their order and their probabilities are those `emoserve serve` gives for the photo
+    (same detector, alignment, input tensor, mirror averaging and temperature)."""
+    from service.cli import app
+    from service.pipeline.analyze import Pipeline
+    from service.settings import get_settings
+
+    photo = shared_path("media", "photos", "12_angry_men.jpg")
+    root = tmp_path / "root"  # an empty store over the shipped layer: the default detector and classifier
+    out_dir = tmp_path / "out"
+    args = ["explain", str(photo), "--model", "emotion-ferplus8@production", "--out", str(out_dir), "--json"]
+    res = CliRunner().invoke(app, args, env={"EMOSERVE_MODEL_ROOT": str(root)})
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    faces = out["faces"]
+    assert out["mode"] == "faces" and out["model"] == "emotion-ferplus8@4" and len(faces) >= 8
+    assert [f["face"] for f in faces] == list(range(1, len(faces) + 1))
+    sheet = cv2.imread(out["sheet"])
+    assert sheet is not None and sheet_rows(sheet) == len(faces)
+    original, numbered = cv2.imread(str(photo)), cv2.imread(out["photo"])
+    assert numbered is not None and numbered.shape == original.shape
+    for f in faces:  # each numbered box is drawn on the photo
+        x1, y1, x2, _ = (round(v) for v in f["box"])
+        assert np.abs(numbered[y1, x1:x2].astype(int) - original[y1, x1:x2]).mean() > 30
+
+    pipe = Pipeline.load(get_settings(model_root=root), classifier_ref="emotion-ferplus8@production")
+    try:
+        served = pipe.analyze_sync(photo.read_bytes()).faces
+    finally:
+        pipe.close()
+    assert len(served) == len(faces)
+    for f, s in zip(faces, served, strict=True):
+        assert f["box"] == pytest.approx([s.box.x1, s.box.y1, s.box.x2, s.box.y2], abs=0.06)
+        assert f["label"] == s.emotion.label
+        got = np.array(list(f["probabilities"].values()))
+        want = np.array([s.emotion.scores[k] for k in f["probabilities"]])
+        assert np.abs(got - want).max() < 2e-3, (f["face"], got, want)
+
+
+def test_explain_is_an_emoserve_command_that_imports_torch_lazily() -> None:
+    import subprocess
+
+    code = (
+        "import sys; from service.cli import app; print(sorted(c.name or '' for c in app.registered_commands)); "
+        "print('torch' in sys.modules, 'cv2' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert "'explain'" in out[0] and "'compare'" in out[0] and out[0].count("'explain'") == 1
+    assert out[1] == "False False"

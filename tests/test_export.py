@@ -183,8 +183,9 @@ def test_explain_store_model(trained: tuple[Path, Path], tmp_path: Path, monkeyp
     import typer
     from typer.testing import CliRunner
 
+    from service.cli import explain
     from tests.helpers.tiny_models import classifier_draft, tiny_classifier_onnx
-    from training import compare, explain
+    from training import compare
 
     run, data = trained
     root = tmp_path / "store"
@@ -197,14 +198,15 @@ def test_explain_store_model(trained: tuple[Path, Path], tmp_path: Path, monkeyp
     compare.register(app)  # two commands, so the command name is part of the arguments
     image = next((data / "val" / "happy").glob("*.png"))
     res = CliRunner().invoke(app, ["explain", str(image), "--model", "emotion-src@production", "--out",
-                                   str(tmp_path / "out"), "--json"])  # fmt: skip
+                                   str(tmp_path / "out"), "--json", "--crop"])  # fmt: skip
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
-    assert out["target"] == "happy" and out["probabilities"]["happy"] > 0.5  # the trained model, not a fresh one
-    cam = cv2.imread(out["gradcam"])
-    assert cam is not None and cam.shape == (224, 224, 3)
-    res = CliRunner().invoke(app, ["explain", str(image), "--model", "tiny-emotion@1"])
-    assert res.exit_code != 0 and "no training config" in res.output
+    out = json.loads(res.stdout)
+    face = out["faces"][0]
+    assert face["label"] == "happy" and face["probabilities"]["happy"] > 0.5  # the trained model, not a fresh one
+    sheet = cv2.imread(out["sheet"])
+    assert out["model"] == "emotion-src@1" and sheet is not None and sheet.shape[0] > 192
+    res = CliRunner().invoke(app, ["explain", str(image), "--model", "tiny-emotion@1", "--crop"])
+    assert res.exit_code == 2 and "no training config" in res.output
 
 
 def test_publish_ensemble_rebuild_and_explain(

@@ -1,4 +1,6 @@
-"""`emoserve train`, `export` and `evaluate` (plus the model zoo's `compare` and `explain` when present).
+"""`emoserve train`, `export` and `evaluate` (plus the model zoo's `compare` when present).
+
+`emoserve explain` is service/cli/explain.py: it runs the service's detector and alignment.
 
 Nothing heavy is imported at module import time: torch and the training code load inside the commands.
 """
@@ -12,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-EXTRA_COMMAND_MODULES = ["training.compare", "training.explain"]  # each has register(app)
+EXTRA_COMMAND_MODULES = ["training.compare"]  # each has register(app)
 
 
 def train_command(

@@ -1,25 +1,25 @@
-"""Explainability: Grad-CAM heat maps and feature-map grids, plus the `emoserve explain` command.
+"""Explainability: Grad-CAM heat maps, feature-map grids and a contact sheet of explained faces.
 
     heat = gradcam(model, x)              # x: (C,H,W) or (1,C,H,W), already normalised; -> (H,W) in 0..1
     png = overlay(face, heat)             # BGR uint8, OpenCV JET colormap blended on the face
     grid = feature_grid(model, x, "features.0")
+    page = explain_sheet([(face, heat, ["1: happy 0.93"])], "title")   # one row per face
 
 The Grad-CAM layer is `layer` if given, else the model's `gradcam_layer` attribute (a dotted module
 name), else the last Conv2d. Token models (ViT) provide `gradcam_reshape(tokens) -> (B,D,h,w)`.
-Torch is needed here; the CLI module-level code imports neither torch nor cv2.
+Torch is needed here (imported inside the functions). The `emoserve explain` command, which finds the faces
+of a photo with the service's detector and alignment, is service/cli/explain.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import typer
 
 if TYPE_CHECKING:
     import torch
@@ -197,6 +197,45 @@ def feature_grid(
     return grid
 
 
+def explain_sheet(
+    rows: Sequence[tuple[np.ndarray, np.ndarray, Sequence[str]]], title: str, cell: int = 192
+) -> np.ndarray:
+    """A white BGR uint8 page: a title line, then one row per face: the face enlarged to `cell` px wide, the same
+    face with its Grad-CAM overlay, and the caption lines beside them (the first one larger).
+
+    rows: (face crop, gray or BGR uint8; heat map (h, w) in 0..1; caption lines).
+    """
+    import cv2
+
+    font, pad, gap = cv2.FONT_HERSHEY_SIMPLEX, 12, 8
+    tiles = []
+    for face, heat, caption in rows:
+        h = max(1, round(cell * face.shape[0] / face.shape[1]))
+        big = cv2.resize(face, (cell, h), interpolation=cv2.INTER_CUBIC)
+        big = cv2.cvtColor(big, cv2.COLOR_GRAY2BGR) if big.ndim == 2 else big
+        tiles.append((big, overlay(big, heat), list(caption)))
+    text_w = max([cv2.getTextSize(line, font, 0.7 if i == 0 else 0.55, 2 if i == 0 else 1)[0][0]
+                  for *_, caption in tiles for i, line in enumerate(caption)] + [0])  # fmt: skip
+    title_w = cv2.getTextSize(title, font, 0.7, 2)[0][0]
+    width = max(pad + 2 * cell + gap + 2 * pad + text_w, title_w + 2 * pad)
+    title_h = 44
+    height = title_h + sum(big.shape[0] + pad for big, _, _ in tiles) + pad
+    page = np.full((height, width, 3), 255, np.uint8)
+    cv2.putText(page, title, (pad, 30), font, 0.7, (0, 0, 0), 2, cv2.LINE_AA)
+    y = title_h
+    for big, over, caption in tiles:
+        rh = big.shape[0]
+        page[y : y + rh, pad : pad + cell] = big
+        page[y : y + rh, pad + cell + gap : pad + 2 * cell + gap] = over
+        x, ty = pad + 2 * cell + gap + 2 * pad, y + 26
+        for i, line in enumerate(caption):
+            scale, thick = (0.7, 2) if i == 0 else (0.55, 1)
+            cv2.putText(page, line, (x, ty), font, scale, (0, 0, 0) if i == 0 else (70, 70, 70), thick, cv2.LINE_AA)
+            ty += 30 if i == 0 else 24
+        y += rh + pad
+    return page
+
+
 # ----------------------------------------------------------------------------- loading and preprocessing
 
 
@@ -254,82 +293,3 @@ def load_checkpoint_model(
     model.load_state_dict(state, strict=True)
     model.eval()
     return model, classes if len(classes) == int(n) else [f"class{i}" for i in range(int(n))]
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def explain_command(
-    image: Annotated[Path, typer.Argument(help="A face image (a crop, e.g. 48x48 FER); resized to the model input.")],
-    checkpoint: Annotated[
-        Path | None, typer.Option("--checkpoint", "-c", help="Torch checkpoint, e.g. runs/<run>/best.pt.")
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model", "-m", help="NAME@ALIAS from the model store, a registry architecture for a bare state_dict."
-        ),
-    ] = None,
-    num_classes: Annotated[int | None, typer.Option(help="Classes, when the checkpoint does not say.")] = None,
-    target: Annotated[str | None, typer.Option(help="Class index or name to explain (default: predicted).")] = None,
-    layer: Annotated[str | None, typer.Option(help="Grad-CAM layer (dotted module name).")] = None,
-    features: Annotated[str | None, typer.Option(help="Also write a feature-map grid of this layer.")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("explain"),
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-) -> None:
-    """Grad-CAM overlay (and optionally a feature-map grid) of a store model or torch checkpoint on one face."""
-    import cv2
-    import torch
-
-    if model and checkpoint is None and (model.endswith((".pt", ".pth")) or Path(model).is_file()):
-        checkpoint, model = Path(model), None
-    img = cv2.imread(str(image), cv2.IMREAD_COLOR)
-    if img is None:
-        raise typer.BadParameter(f"cannot read image {image}")
-    if checkpoint is None and model and "@" in model:
-        from model_store import ModelStoreError
-        from training.onnx_init import OnnxInitError, torch_model_from_store
-
-        try:  # a store model: the torch graph is rebuilt from its manifest and ONNX weights
-            net, classes = torch_model_from_store(model)
-        except (ModelStoreError, OnnxInitError) as exc:
-            raise typer.BadParameter(str(exc)) from exc
-    else:
-        if checkpoint is None:
-            raise typer.BadParameter("explain needs --model NAME@ALIAS (a store model) or --checkpoint FILE.pt")
-        if not checkpoint.is_file():
-            raise typer.BadParameter(f"checkpoint {checkpoint} not found")
-        net, classes = load_checkpoint_model(checkpoint, model, num_classes)
-    cfg: dict[str, Any] = getattr(net, "default_cfg")  # noqa: B009
-    x, face = preprocess(img, cfg)
-    cls = None
-    if target is not None:
-        cls = int(target) if target.isdigit() else classes.index(target)
-    heat, logits = gradcam_logits(net, x, cls, layer)
-    probs = torch.softmax(logits[0], 0).tolist()
-    cls = int(np.argmax(probs)) if cls is None else cls
-    out.mkdir(parents=True, exist_ok=True)
-    shown = cv2.resize(face, (max(224, face.shape[1]), max(224, face.shape[0])), interpolation=cv2.INTER_CUBIC)
-    cam_path = out / f"{image.stem}_gradcam.png"
-    cv2.imwrite(str(cam_path), overlay(shown, heat))
-    result: dict[str, Any] = {
-        "image": str(image),
-        "target": classes[cls],
-        "probabilities": dict(zip(classes, [round(p, 4) for p in probs], strict=True)),
-        "gradcam": str(cam_path),
-    }
-    if features:
-        grid_path = out / f"{image.stem}_features_{features.replace('.', '_')}.png"
-        cv2.imwrite(str(grid_path), feature_grid(net, x, features))
-        result["features"] = str(grid_path)
-    if as_json:
-        typer.echo(json.dumps(result))
-    else:
-        typer.echo(f"{image.name}: explaining {result['target']} (p={probs[cls]:.3f}) -> {cam_path}")
-        if features:
-            typer.echo(f"feature maps of {features} -> {result['features']}")
-
-
-def register(app: typer.Typer) -> None:
-    """Add `emoserve explain`."""
-    app.command("explain")(explain_command)

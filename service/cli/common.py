@@ -10,6 +10,7 @@ from typing import Any, NoReturn, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from model_store import ModelStore, ModelStoreError
 from service.errors import EmoserveError, spec_for
@@ -22,7 +23,7 @@ out_console = Console(highlight=False, soft_wrap=True)
 
 
 def fail(message: str, exit_code: int) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)  # `[x]` is text
     raise typer.Exit(exit_code)
 
 

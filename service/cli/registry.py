@@ -14,7 +14,8 @@ COMMAND_MODULES: list[str] = [
     "service.cli.predict",  # issue: pipeline   (emoserve predict)
     "service.cli.serve",
     "service.cli.stream",  # issue: streaming  (emoserve stream)
-    "training.cli",  # issue: training   (train, evaluate, compare, explain)
+    "service.cli.explain",  # issue: #19      (emoserve explain: Grad-CAM per face of a photo)
+    "training.cli",  # issue: training   (train, evaluate, export, compare)
 ]
 
 

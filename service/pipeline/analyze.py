@@ -139,9 +139,7 @@ class Pipeline:
         min_size = opts.min_face_size if opts.min_face_size is not None else self.settings.min_face_size
         ceiling = self.settings.max_faces  # a client may ask for fewer faces, never for more
         max_faces = min(opts.max_faces, ceiling) if opts.max_faces is not None else ceiling
-        found = [f for f in found if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= min_size]
-        found.sort(key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), reverse=True)
-        return found[:max_faces]
+        return select_faces(found, min_size, max_faces)
 
     def _check(self, opts: AnalyzeOptions) -> AnalyzeOptions:
         """The options, refused when they ask for what the served models cannot give."""
@@ -301,6 +299,14 @@ class Pipeline:
         self._closed = True
         if self.pool is not None:
             self.pool.close()
+
+
+def select_faces(found: list[DetectedFace], min_size: float, max_faces: int) -> list[DetectedFace]:
+    """The faces the pipeline classifies: at least `min_size` px on their short side, the `max_faces` largest,
+    largest first (the order of `faces` in a result)."""
+    kept = [f for f in found if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= min_size]
+    kept.sort(key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), reverse=True)
+    return kept[:max_faces]
 
 
 def _get_classifier(store: ModelStore, ref: str) -> ResolvedModel:
