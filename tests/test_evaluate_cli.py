@@ -154,3 +154,101 @@ def test_unknown_model_and_bad_split_are_one_line(root: Path, tmp_path: Path) ->
     assert res.exit_code == 3 and res.stderr.strip().count("\n") == 0 and "nothing" in res.stderr
     code, _, err = _evaluate(root, "--data", str(tmp_path / "data"), "--split", "everything")
     assert code == 2 and "--split must be one of train, val, test, all" in err
+
+
+# ----------------------------------------------------------------------------- --robustness
+
+SHIFT_NAMES = ["crop 0.8x", "crop 1.2x", "shift +10%", "shift -10%", "rotate +15", "rotate -15", "blur 1.0",
+               "jpeg 30", "brightness +40", "brightness -40", "contrast 0.6", "gamma 1.8", "downscale 24"]  # fmt: skip
+
+
+def test_robustness_json_table_and_file(root: Path, tmp_path: Path) -> None:
+    """Every shift has a row in [0, 1]; the means, drops and worst drop follow from the rows; the 7-label model
+    on 8-class FER+ data is scored on the shared classes, as without --robustness; a second run (text) agrees."""
+    data = tmp_path / "ferplus"
+    _ferplus_test(data, 24)
+    out_dir = tmp_path / "report"
+    code, out, err = _evaluate(root, "--data", str(data), "--split", "test", "--robustness", "--json",
+                               "--out", str(out_dir))  # fmt: skip
+    assert code == 0, err
+    res = json.loads(out)
+    rob = res["robustness"]
+    assert [r["shift"] for r in rob["rows"]] == SHIFT_NAMES
+    for r in rob["rows"]:
+        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["balanced_accuracy"] <= 1.0, r
+        assert r["drop_points"] == pytest.approx(100 * (res["accuracy"] - r["accuracy"]))
+    assert rob["unshifted"] == {"accuracy": res["accuracy"], "balanced_accuracy": res["balanced_accuracy"]}
+    assert res["n_shared"] == 18 and res == {**_json(root, data, "test"), "robustness": rob}  # same label matching
+    assert rob["mean_accuracy"] == pytest.approx(np.mean([r["accuracy"] for r in rob["rows"]]))
+    assert rob["mean_balanced_accuracy"] == pytest.approx(np.mean([r["balanced_accuracy"] for r in rob["rows"]]))
+    worst = max(rob["rows"], key=lambda r: r["drop_points"])
+    assert (rob["worst_shift"], rob["worst_drop"]) == (worst["shift"], worst["drop_points"])
+    assert len({r["accuracy"] for r in rob["rows"]} | {res["accuracy"]}) > 1  # the shifts reach the model
+    assert json.loads((out_dir / "robustness.json").read_text()) == rob
+    assert json.loads((out_dir / "evaluation.json").read_text()) == res
+
+    code, text, err = _evaluate(root, "--data", str(data), "--split", "test", "--robustness")
+    assert code == 0, err
+    for r in [*rob["rows"], {"shift": "unshifted", **rob["unshifted"]}]:
+        assert f"{r['shift']:<16} {r['accuracy']:>8.4f} {r['balanced_accuracy']:>8.4f}" in text  # deterministic
+    assert f"{'mean of shifts':<16} {rob['mean_accuracy']:>8.4f}" in text
+
+
+def test_robustness_failure_is_one_line(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from training import robustness as R
+
+    monkeypatch.setattr(R, "SHIFTS", {"broken": lambda img: cv2.resize(img, (0, 0))})  # OpenCV refuses it
+    _classes(tmp_path / "data" / "test", 1)
+    code, out, err = _evaluate(root, "--data", str(tmp_path / "data"), "--split", "test", "--robustness")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.strip().count("\n") == 0 and "shift 'broken' failed on a (48, 48) image" in err
+
+
+def _square(side: int = 48, box: int = 10) -> np.ndarray:
+    img = np.full((side, side), 50, np.uint8)
+    lo = (side - box) // 2
+    img[lo : lo + box, lo : lo + box] = 200
+    return img
+
+
+def _bright_box(img: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(img > 125)
+    return int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
+
+
+def test_shift_functions() -> None:
+    from training import robustness as R
+
+    sq = _square()
+    noise = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
+    rgb = np.random.default_rng(1).integers(0, 256, (100, 100, 3), dtype=np.uint8)
+    assert list(R.SHIFTS) == SHIFT_NAMES
+    for name, fn in R.SHIFTS.items():  # every shift keeps the shape and dtype, gray 48 px and RGB 100 px
+        for img in (sq, rgb):
+            out = fn(img)
+            assert out.shape == img.shape and out.dtype == np.uint8, name
+        assert np.array_equal(fn(sq), fn(sq)), name  # deterministic
+    for img in (sq, noise, rgb):  # the identity of each family leaves the image as it is
+        assert np.array_equal(R.affine(img), img) and np.array_equal(R.tone(img), img)
+    assert _bright_box(sq) == (19, 28, 19, 28)
+    assert _bright_box(R.SHIFTS["crop 0.8x"](sq)) == (18, 29, 18, 29)  # tight crop: the square grows (12.5 px)
+    assert _bright_box(R.SHIFTS["crop 1.2x"](sq)) == (20, 27, 20, 27)  # loose crop: it shrinks (8.3 px)
+    assert _bright_box(R.SHIFTS["shift +10%"](sq)) == (14, 23, 14, 23)  # window right/down: face up-left 4.8 px
+    assert _bright_box(R.SHIFTS["shift -10%"](sq)) == (24, 33, 24, 33)
+    loose = R.SHIFTS["crop 1.2x"](noise)
+    assert (loose[0, :4] == noise[0, 0]).all()  # outside the image: its border replicated, not black
+    rot = R.SHIFTS["rotate +15"](sq)
+    assert (rot > 125).sum() == pytest.approx(100, abs=8) and not np.array_equal(rot > 125, sq > 125)
+    assert np.array_equal(rot[:, ::-1], R.SHIFTS["rotate -15"](sq[:, ::-1]))  # mirror images of each other
+    assert R.SHIFTS["blur 1.0"](noise).std() < 0.6 * noise.std()
+    jpg = R.SHIFTS["jpeg 30"](noise)
+    assert not np.array_equal(jpg, noise) and np.abs(jpg.astype(int) - noise).mean() > 5
+    small = R.SHIFTS["downscale 24"](noise)
+    assert small.shape == (48, 48) and not np.array_equal(small, noise)
+    grey = np.full((48, 48), 128, np.uint8)
+    assert R.SHIFTS["brightness +40"](grey).max() == 168 and R.SHIFTS["brightness -40"](grey).max() == 88
+    assert R.SHIFTS["gamma 1.8"](grey).max() == round(255 * (128 / 255) ** 1.8)  # darker mid-tones
+    con = R.SHIFTS["contrast 0.6"](noise).astype(float)
+    assert con.std() == pytest.approx(0.6 * noise.std(), rel=0.02) and con.mean() == pytest.approx(noise.mean(), abs=1)
+    with pytest.raises(R.RobustnessError, match="uint8 gray or RGB"):
+        R.apply_shift("blur 1.0", R.blur, noise[None].astype(np.float32))

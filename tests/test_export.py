@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +70,28 @@ def test_publish_writes_manifest_and_card(trained: tuple[Path, Path], tmp_path: 
     assert m.labels == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
     assert m.input.color == "GRAY" and m.input.size == (48, 48) and m.input.shape == ["batch", 1, 48, 48]
     assert m.family == "resnet18s" and m.temperature is not None and m.temperature > 0
-    (acc,) = [v["accuracy"] for v in m.metrics.values()]
-    assert acc >= 0.6
+    (metrics,) = m.metrics.values()
+    acc = metrics["accuracy"]
+    assert acc >= 0.6 and 0.0 < metrics["balanced_accuracy"] <= 1.0
     assert m.provenance.training is not None and m.provenance.training.dataset_fingerprint
     assert m.provenance.training.config["flip_tta"] is True
     assert {f.path for f in m.files} == {"model.onnx", "model.int8.onnx"}
-    assert "Validation metrics" in (resolved.path / "MODEL_CARD.md").read_text()
 
     from training.evaluate import evaluate_store_model
 
     res = evaluate_store_model("emotion-test@production", data, "val", store_root=store_root)
     assert res["accuracy"] == pytest.approx(acc, abs=1e-6)
+    assert res["balanced_accuracy"] == pytest.approx(metrics["balanced_accuracy"], abs=1e-6)
+    card = (resolved.path / "MODEL_CARD.md").read_text()
+    assert "Validation metrics" in card and f"balanced_accuracy {metrics['balanced_accuracy']:.4f}" in card
+    (line,) = re.findall(r"^- per-class recall: (.*)$", card, re.M)
+    recall = {lab: float(r) for lab, r in (item.split(": ") for item in line.split(", "))}
+    present = {
+        c: v["recall"] for c, v in res["per_class"].items() if v["support"]
+    }  # the classes of synthetic_faces, not all 7
+    assert list(recall) == list(present) and len(present) < len(m.labels)
+    assert list(recall.values()) == pytest.approx(list(present.values()), abs=5e-4)
+    assert np.mean(list(recall.values())) == pytest.approx(metrics["balanced_accuracy"], abs=1e-3)
 
 
 def test_publish_refused_on_parity_failure(

@@ -140,14 +140,25 @@ def evaluate_command(
     fmt: Annotated[str, typer.Option("--format", help="Dataset layout (auto-detected by default).")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Folder for confusion.png and evaluation.json.", file_okay=False)
+        Path | None,
+        typer.Option(
+            "--out", help="Folder for confusion.png and evaluation.json (+ robustness.json).", file_okay=False
+        ),
     ] = None,
     confusion: Annotated[Path | None, typer.Option("--confusion", help="Write the confusion matrix PNG here.")] = None,
+    robustness: Annotated[
+        bool,
+        typer.Option(
+            "--robustness",
+            help="Also score the split under each image shift (crop, rotation, blur, JPEG, tone, downscale); "
+            "--out adds robustness.json.",
+        ),
+    ] = False,
 ) -> None:
     """Evaluate a stored ONNX model on a dataset split (accuracy, balanced accuracy, per-class table, ECE)."""
     from service.cli.common import fail
     from training.data.readers import READERS, SPLITS, DatasetLayoutError
-    from training.evaluate import evaluate_store_model
+    from training.evaluate import evaluate_loaded, load_for_evaluation
     from training.metrics import format_report, save_confusion_png
 
     if split not in (*SPLITS, "all"):
@@ -155,16 +166,26 @@ def evaluate_command(
     if fmt != "auto" and fmt not in READERS:
         fail(f"--format must be auto or one of {', '.join(READERS)} (got {fmt!r})", 2)
     try:
-        res: dict[str, Any] = evaluate_store_model(model, data, split, fmt)
+        resolved, ds = load_for_evaluation(model, data, split, fmt)
     except DatasetLayoutError as exc:
         fail(str(exc), 2)
+    res: dict[str, Any] = {**evaluate_loaded(resolved, ds, desc="unshifted" if robustness else None), "split": split}
     rep = res.pop("_report")
+    if robustness:
+        from training.robustness import RobustnessError, format_robustness, robustness_report
+
+        try:
+            res["robustness"] = robustness_report(resolved, ds, res)
+        except RobustnessError as exc:
+            fail(str(exc), 2)
     for png in [confusion, out / "confusion.png" if out else None]:
         if png is not None:
             save_confusion_png(rep["confusion"], res["confusion"]["labels"], png)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "evaluation.json").write_text(json.dumps(res, indent=1))
+        if robustness:
+            (out / "robustness.json").write_text(json.dumps(res["robustness"], indent=1))
     if as_json:
         typer.echo(json.dumps(res, indent=1))
         return
@@ -173,6 +194,9 @@ def evaluate_command(
     if "accuracy_shared" in res:
         typer.echo(f"shared classes ({len(res['shared_classes'])}): accuracy {res['accuracy_shared']:.4f} on "
                    f"{res['n_shared']} images (restricted argmax); unrestricted {res['accuracy']:.4f}")  # fmt: skip
+    if robustness:
+        typer.echo(f"\nrobustness ({len(res['robustness']['rows'])} shifts; drop = unshifted minus shifted accuracy)")
+        typer.echo(format_robustness(res["robustness"]))
 
 
 def register(app: typer.Typer) -> None:

@@ -6,12 +6,15 @@ probabilities (`training.metrics`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from training.metrics import classification_report, expected_calibration_error, softmax
 from training.onnx_run import onnx_logits
+
+if TYPE_CHECKING:
+    from training.data import FaceDataset
 
 
 def served_probabilities(resolved: Any, raw: np.ndarray) -> np.ndarray:
@@ -23,16 +26,9 @@ def served_probabilities(resolved: Any, raw: np.ndarray) -> np.ndarray:
     return softmax(z, resolved.manifest.temperature or 1.0)
 
 
-def evaluate_store_model(ref: str, data_dir: Path, split: str = "val", fmt: str = "auto",
-                         store_root: Path | None = None) -> dict[str, Any]:  # fmt: skip
-    """Evaluate `name@alias` from the model store on a dataset split ("train", "val", "test" or "all").
-
-    The result has accuracy, balanced accuracy, macro F1, per-class metrics, the confusion matrix
-    (`confusion`: `labels` and `matrix`, rows true, columns predicted) and the expected calibration
-    error of the served probabilities. Label sets are matched by name: when the model's labels and the
-    dataset's differ (8-class FER+ model on 7-class data or the other way round), the metrics are those
-    of the argmax restricted to the shared classes (`accuracy_shared`; `accuracy` stays unrestricted).
-    """
+def load_for_evaluation(ref: str, data_dir: Path, split: str = "val", fmt: str = "auto",
+                        store_root: Path | None = None) -> tuple[Any, FaceDataset]:  # fmt: skip
+    """`name@alias` resolved in the model store (the settings' root by default) and the dataset split."""
     from model_store import ModelStore
     from training.data import load_dataset
 
@@ -41,11 +37,18 @@ def evaluate_store_model(ref: str, data_dir: Path, split: str = "val", fmt: str 
 
         store_root = get_settings().model_root
     resolved = ModelStore(store_root).get(ref)
+    return resolved, load_dataset(data_dir, split, fmt)  # type: ignore[arg-type]
+
+
+def evaluate_loaded(resolved: Any, ds: FaceDataset, images: np.ndarray | None = None,
+                    desc: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """The metrics of `evaluate_store_model` for a resolved model on `ds`, or on `images` in place of
+    `ds.images` (same order and labels: a shifted copy); a progress bar with `desc`."""
     m = resolved.manifest
-    ds = load_dataset(data_dir, split, fmt)  # type: ignore[arg-type]
-    probs = served_probabilities(resolved, onnx_logits(resolved.model_path, m, ds.images))
+    raw = onnx_logits(resolved.model_path, m, ds.images if images is None else images, desc=desc)
+    probs = served_probabilities(resolved, raw)
     model_labels = list(m.labels or [])
-    result: dict[str, Any] = {"model": resolved.ref, "dataset": ds.name, "split": split, "n": len(ds)}
+    result: dict[str, Any] = {"model": resolved.ref, "dataset": ds.name, "split": ds.split, "n": len(ds)}
     labels, y, p = ds.labels, ds.targets, probs
     if model_labels != ds.labels:
         labels = [c for c in model_labels if c in ds.labels]
@@ -64,4 +67,19 @@ def evaluate_store_model(ref: str, data_dir: Path, split: str = "val", fmt: str 
         result["accuracy_shared"] = rep["accuracy"]
         result["accuracy"] = float((full_pred == np.array(labels)[y]).mean()) if len(y) else 0.0
     result["_report"] = rep
+    return result
+
+
+def evaluate_store_model(ref: str, data_dir: Path, split: str = "val", fmt: str = "auto",
+                         store_root: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """Evaluate `name@alias` from the model store on a dataset split ("train", "val", "test" or "all").
+
+    The result has accuracy, balanced accuracy, macro F1, per-class metrics, the confusion matrix
+    (`confusion`: `labels` and `matrix`, rows true, columns predicted) and the expected calibration
+    error of the served probabilities. Label sets are matched by name: when the model's labels and the
+    dataset's differ (8-class FER+ model on 7-class data or the other way round), the metrics are those
+    of the argmax restricted to the shared classes (`accuracy_shared`; `accuracy` stays unrestricted).
+    """
+    result = evaluate_loaded(*load_for_evaluation(ref, data_dir, split, fmt, store_root))
+    result["split"] = split
     return result

@@ -140,13 +140,17 @@ def explain_card_section(spec: dict[str, Any]) -> str:
             f"mean{mirror}). The service serves it with `explain=true`.\n")  # fmt: skip
 
 
-def model_card(draft: dict[str, Any], cfg: dict[str, Any], params: int, report_text: str, extra: str = "") -> str:
-    """MODEL_CARD.md for a trained classifier."""
+def model_card(draft: dict[str, Any], cfg: dict[str, Any], params: int, report_text: str, extra: str = "",
+               recall: dict[str, float] | None = None) -> str:  # fmt: skip
+    """MODEL_CARD.md for a trained classifier; `recall` (label -> validation recall, the classes that have images:
+    their mean is the balanced accuracy) adds a per-class line."""
     inp = draft["inputs"][0]
     runs = cfg.get("ensemble_runs")
     ensemble = f"\n- Ensemble: the mean of the logits of {len(runs)} runs: {', '.join(runs)}" if runs else ""
     metrics = "\n".join(f"- {ds}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items())
                         for ds, m in draft["metrics"].items())  # fmt: skip
+    if recall:
+        metrics += "\n- per-class recall: " + ", ".join(f"{lab}: {r:.3f}" for lab, r in recall.items())
     return f"""# {draft["name"]}
 
 {draft["description"]}
@@ -262,10 +266,11 @@ def publish_run(
         rep = classification_report(val.targets, logits, val.labels)
         temp = fit_temperature(logits, val.targets)
         key = f"{val.name}_{val.split}"
-        metrics = {key: {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"], "ece": temp["ece_after"],
-                         "nll": temp["nll_after"], "n": float(len(val))}}  # fmt: skip
-        log(f"[export] onnx {key}: accuracy {rep['accuracy']:.4f} macro F1 {rep['macro_f1']:.4f} "
-            f"T {temp['temperature']:.3f}")  # fmt: skip
+        metrics = {key: {"accuracy": rep["accuracy"], "balanced_accuracy": rep["balanced_accuracy"],
+                         "macro_f1": rep["macro_f1"], "ece": temp["ece_after"], "nll": temp["nll_after"],
+                         "n": float(len(val))}}  # fmt: skip
+        log(f"[export] onnx {key}: accuracy {rep['accuracy']:.4f} balanced accuracy {rep['balanced_accuracy']:.4f} "
+            f"macro F1 {rep['macro_f1']:.4f} T {temp['temperature']:.3f}")  # fmt: skip
         files = {"model.onnx": onnx_path}
         extra = ""
         if int8:
@@ -285,7 +290,8 @@ def publish_run(
                                cam_info)  # fmt: skip
         params = sum(p.numel() for p in model.parameters())
         extra += explain_card_section(cam_info) if cam_info else ""
-        card = model_card(draft, conf, params, format_report(rep), extra)
+        recall = {lab: m["recall"] for lab, m in rep["per_class"].items() if m["support"]}  # classes with images
+        card = model_card(draft, conf, params, format_report(rep), extra, recall=recall)
         store = ModelStore(store_root, shipped=shipped)
         manifest = store.publish(draft, files, card=card, alias=alias)
     log(f"[export] published {manifest.name}@{manifest.version} to {store_root}")
