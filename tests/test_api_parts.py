@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 import redis
 
-from service.api.auth import KeyRing, hash_key
-from service.api.cache import ResultCache, cache_key
-from service.api.metrics import Metrics
-from service.api.ratelimit import RateLimiter
-from service.api.redis_link import RETRY_AFTER_FAILURE_S, RedisLink
 from service.errors import Forbidden, RateLimited, Unauthorized
+from service.serving.cache import ResultCache, cache_key
+from service.serving.keys import KeyRing, hash_key
+from service.serving.metrics import Metrics
+from service.serving.ratelimit import RateLimiter
+from service.serving.redis_link import RETRY_AFTER_FAILURE_S, RedisLink
 
 
 def _sample(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float:

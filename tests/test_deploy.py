@@ -39,7 +39,7 @@ K8S = DEPLOY / "k8s"
 # the oldest Kubernetes the manifests support (preStop `sleep` needs 1.30) and the newest bundled
 K8S_VERSIONS = ("1.30.0", "latest")
 
-# the WebSocket metrics of /v1/stream (announced; checked live once service/api/metrics.py has them)
+# the WebSocket metrics of /v1/stream (announced; checked live once service/serving/metrics.py has them)
 WS_METRICS = {"emoserve_ws_connections", "emoserve_ws_frames_total", "emoserve_ws_frame_latency_seconds"}
 METRIC_RE = re.compile(r"\bemoserve_[a-z0-9_]+\b")
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
@@ -437,7 +437,7 @@ def test_websocket_metrics_in_live_metrics(live_metrics: tuple[Server, str, bool
     declared = declared_ws_metrics()
     pending = sorted(WS_METRICS - declared)
     if pending:
-        pytest.skip(f"expected but pending (not yet in service/api/metrics.py): {', '.join(pending)}")
+        pytest.skip(f"expected but pending (not yet in service/serving/metrics.py): {', '.join(pending)}")
     _, text, streamed = live_metrics
     families = exposition_families(text)
     missing = sorted(n for n in ws_used if family_of(n, families) is None)

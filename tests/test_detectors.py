@@ -204,18 +204,18 @@ def test_threshold_and_min_face_size(det_store: ModelStore) -> None:
         {"model.onnx": shared_path(*rel.split("/"))},
         alias="production",
     )
-    from service.pipeline.detectors.scrfd import build
+    from service.pipeline.detectors.scrfd import ScrfdDetector
 
     img = photo("12_angry_men.jpg")
     model = det_store.get("scrfd-min@production")
-    all_faces = build(model, session_factory).detect(img)
+    all_faces = ScrfdDetector(model, session_factory).detect(img)
     sides = sorted(min(f.box[2] - f.box[0], f.box[3] - f.box[1]) for f in all_faces)
     cut = sides[len(sides) // 2]
-    big = build(model, session_factory, min_face_size=cut).detect(img)
+    big = ScrfdDetector(model, session_factory, min_face_size=cut).detect(img)
     assert 0 < len(big) < len(all_faces)
     assert all(min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= cut for f in big)
-    assert len(build(model, session_factory).detect(img, threshold=0.99)) < len(all_faces)
-    small = build(model, session_factory, max_side=320).detect(photo("obama.jpg"))
+    assert len(ScrfdDetector(model, session_factory).detect(img, threshold=0.99)) < len(all_faces)
+    small = ScrfdDetector(model, session_factory, max_side=320).detect(photo("obama.jpg"))
     assert len(small) == 1 and small[0].box[2] > 320
 
 

@@ -11,11 +11,11 @@ import pytest
 import redis
 
 from model_store import ModelStore, StoreEvent
-from service.api import events as events_mod
-from service.api.events import CHANNEL, ModelEvents, decode, publish_sync
-from service.api.metrics import Metrics
-from service.api.model_manager import ModelManager
-from service.api.redis_link import RedisLink
+from service.serving import events as events_mod
+from service.serving.events import CHANNEL, ModelEvents, decode, publish_sync
+from service.serving.metrics import Metrics
+from service.serving.model_manager import ModelManager
+from service.serving.redis_link import RedisLink
 from tests.api_server import run_server
 from tests.helpers.tiny_models import publish_test_models, tiny_models_env
 

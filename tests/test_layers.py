@@ -71,3 +71,31 @@ def test_training_has_no_import_cycle() -> None:
 
 def test_the_cycle_finder_finds_cycles() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# the service's floors, top to bottom: a module may import its own floor or one below, never one above
+SERVICE_FLOORS = ["service.cli", "service.api", "service.serving", "service.pipeline", "service.runtime"]
+
+
+def floor_of(module: str) -> int:
+    """The floor index of a service module; modules outside the floors (errors, settings) sit below them all."""
+    if module == "service.__main__":  # `python -m service` is the command line
+        return 0
+    return next((i for i, f in enumerate(SERVICE_FLOORS) if module == f or module.startswith(f + ".")), 99)
+
+
+def test_service_imports_run_one_way() -> None:
+    graph = import_graph("service")
+    assert "service.serving.dataplane" in graph and "service.serving.keys" in graph["service.serving.dataplane"]
+    upward = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if floor_of(target) < floor_of(module)
+    )
+    assert upward == []
+
+
+def test_the_floor_check_sees_an_upward_import() -> None:
+    assert floor_of("service.pipeline.analyze") > floor_of("service.api.app")
+    assert floor_of("service.errors") > floor_of("service.runtime.sessions")

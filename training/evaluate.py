@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from training.metrics import classification_report, expected_calibration_error, softmax
+from model_store.tensors import probabilities
+from training.metrics import classification_report, expected_calibration_error
 from training.onnx_run import onnx_logits
 
 if TYPE_CHECKING:
@@ -18,12 +19,8 @@ if TYPE_CHECKING:
 
 
 def served_probabilities(resolved: Any, raw: np.ndarray) -> np.ndarray:
-    """The probabilities the service gives for model outputs `raw`: softmax of logits (or the model's own
-    probabilities), with the manifest's temperature applied, as `service.pipeline.classifier` does."""
-    from service.pipeline.classifier import outputs_probabilities
-
-    z = np.log(np.clip(raw.astype(np.float64), 1e-12, None)) if outputs_probabilities(resolved) else raw
-    return softmax(z, resolved.manifest.temperature or 1.0)
+    """The probabilities the service gives for model outputs `raw` (`model_store.tensors.probabilities`)."""
+    return probabilities(resolved.manifest, raw)
 
 
 def load_for_evaluation(ref: str, data_dir: Path, split: str = "val", fmt: str = "auto",

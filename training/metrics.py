@@ -11,12 +11,7 @@ import cv2
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits.astype(np.float64) / temperature
-    z -= z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
+from model_store.tensors import softmax  # the one softmax (the service serves the same)
 
 
 def classification_report(y_true: np.ndarray, scores: np.ndarray, labels: list[str]) -> dict[str, Any]:

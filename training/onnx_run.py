@@ -10,6 +10,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from model_store.tensors import normalize
+
 
 def ort_session(path: Path) -> Any:
     """An onnxruntime CPU session of the model file."""
@@ -41,11 +43,8 @@ def preprocess_for(manifest: Any, images: np.ndarray) -> np.ndarray:
         if img.shape[:2] != (h, w):
             img = resize_face(img, h, w)
         out.append(img)
-    x = np.stack(out).astype(np.float32) * spec.scale
-    if x.ndim == 3:
-        x = x[..., None]
-    x = (x - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if spec.layout == "NCHW" else x)
+    pixels = np.stack(out)
+    return normalize(pixels[..., None] if pixels.ndim == 3 else pixels, spec)
 
 
 def onnx_logits(

@@ -9,8 +9,8 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.asgi_errors import send_error
-from service.api.metrics import Metrics
 from service.errors import Overloaded
+from service.serving.metrics import Metrics
 
 GUARDED_PREFIXES = ("/v1/analyze", "/v1/annotate")
 

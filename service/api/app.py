@@ -25,19 +25,19 @@ from service.api import (
     stream_demo,
 )
 from service.api.admission import AdmissionMiddleware
-from service.api.auth import KeyRing
 from service.api.body_limit import BodyLimitMiddleware
-from service.api.cache import ResultCache
-from service.api.context import ServiceContext
-from service.api.events import ModelEvents
-from service.api.metrics import Metrics
 from service.api.middleware import ClientGoneMiddleware, RequestMetricsMiddleware
-from service.api.model_manager import ModelManager
-from service.api.ratelimit import RateLimiter
-from service.api.redis_link import RedisLink
-from service.api.serving import build_pipeline_factory
 from service.api.stream_hub import StreamHub
 from service.errors import ModelLoadFailed
+from service.serving.cache import ResultCache
+from service.serving.dataplane import DataPlane
+from service.serving.events import ModelEvents
+from service.serving.factory import build_pipeline_factory
+from service.serving.keys import KeyRing
+from service.serving.metrics import Metrics
+from service.serving.model_manager import ModelManager
+from service.serving.ratelimit import RateLimiter
+from service.serving.redis_link import RedisLink
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("emoserve")
@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
             log.error("models not loaded: %s", exc)
         events = ModelEvents(manager, redis)
         events.start()
-        app.state.ctx = ServiceContext(
+        app.state.plane = DataPlane(
             settings=settings,
             metrics=metrics,
             store=store,

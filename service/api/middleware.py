@@ -7,7 +7,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.metrics import UNMATCHED, Metrics
+from service.serving.metrics import UNMATCHED, Metrics
 
 log = logging.getLogger("emoserve.api")
 CLIENT_CLOSED_REQUEST = 499  # nginx's status: the client closed the connection before the answer

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, WebSocket
 
-from service.api.context import ServiceContext
 from service.api.stream_hub import StreamHub
 from service.api.stream_session import StreamSession
+from service.serving.dataplane import DataPlane
 
 router = APIRouter(prefix="/v1", tags=["stream"])
 
@@ -14,16 +14,16 @@ router = APIRouter(prefix="/v1", tags=["stream"])
 @router.websocket("/stream")
 async def stream(websocket: WebSocket) -> None:
     """Binary messages are frames (JPEG/PNG/WebP); text messages are JSON control messages."""
-    ctx: ServiceContext = websocket.app.state.ctx
+    plane: DataPlane = websocket.app.state.plane
     hub: StreamHub = websocket.app.state.streams
-    session = StreamSession(websocket, ctx)
+    session = StreamSession(websocket, plane)
     if hub.closing:
         session.going_away()
     open_streams = len(hub)
     hub.add(session)
-    ctx.metrics.ws_connections.inc()
+    plane.metrics.ws_connections.inc()
     try:
         await session.run(open_streams)
     finally:
-        ctx.metrics.ws_connections.dec()
+        plane.metrics.ws_connections.dec()
         hub.discard(session)

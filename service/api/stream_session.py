@@ -1,5 +1,8 @@
 """One `WS /v1/stream` connection: authenticate, then receive and process concurrently.
 
+Only protocol work lives here (messages, the frame slot, pacing, tracking and smoothing); keys, limits,
+model checkout, timeouts and metrics are the data plane's (`service.serving.dataplane`).
+
 The receiver reads messages as fast as they come and parks each binary frame in a `FrameSlot`
 (size 1: a newer frame drops the waiting one, counted in `dropped_since_last`). The processor takes
 the newest frame, runs the shared pipeline (its classifier batches faces across all streams),
@@ -19,8 +22,7 @@ from fastapi import WebSocket
 from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from service.api.auth import Principal
-from service.api.context import ServiceContext, header_key
+from service.api.deps import header_key
 from service.api.stream_slot import FrameSlot, PendingFrame
 from service.errors import (
     EmoserveError,
@@ -29,7 +31,6 @@ from service.errors import (
     InvalidImage,
     InvalidOptions,
     Overloaded,
-    RequestTimeout,
     ShuttingDown,
     Unauthorized,
     UnsupportedMediaType,
@@ -51,6 +52,8 @@ from service.pipeline.stream_schema import (
     parse_control,
 )
 from service.pipeline.tracking import IouTracker, TrackerConfig
+from service.serving.dataplane import DataPlane
+from service.serving.keys import Principal
 
 log = logging.getLogger("emoserve.stream")
 
@@ -65,10 +68,10 @@ class _ClientGone(Exception):
 class StreamSession:
     """State and loops of one stream connection."""
 
-    def __init__(self, ws: WebSocket, ctx: ServiceContext) -> None:
+    def __init__(self, ws: WebSocket, plane: DataPlane) -> None:
         self.ws = ws
-        self.ctx = ctx
-        s = ctx.settings
+        self.plane = plane
+        s = plane.settings
         self.config = StreamSettings()
         self.tracker = IouTracker(TrackerConfig(max_missed=s.ws_track_max_missed, smoothing=self.config.smoothing))
         self.slot = FrameSlot()
@@ -130,7 +133,7 @@ class StreamSession:
 
     def _admit(self, open_streams: int) -> None:
         """Refuse a browser page from an origin not allowed (1008) and streams over the cap (1013)."""
-        s = self.ctx.settings
+        s = self.plane.settings
         origin = self.ws.headers.get("origin")
         if s.ws_allowed_origins and origin is not None and origin not in s.ws_allowed_origins:
             raise Forbidden(f"origin {origin[:60]} is not allowed to open streams")
@@ -138,13 +141,13 @@ class StreamSession:
             raise Overloaded(f"{open_streams} streams open (limit {s.ws_max_streams}); retry later", retry_after_s=5)
 
     async def _authenticate(self) -> Principal:
-        ctx = self.ctx
+        plane = self.plane
         if "api_key" in self.ws.query_params:
             raise Unauthorized('API keys in the URL are refused: send {"type": "auth", "api_key": ...} first')
         key = header_key(self.ws.headers)
-        if ctx.keys.clients_need_key and not key:
+        if plane.keys.clients_need_key and not key:
             try:
-                text = await asyncio.wait_for(self._receive_text(), ctx.settings.ws_auth_timeout_s)
+                text = await asyncio.wait_for(self._receive_text(), plane.settings.ws_auth_timeout_s)
             except TimeoutError:
                 raise Unauthorized('no API key: send {"type": "auth", "api_key": ...} first') from None
             try:
@@ -155,9 +158,7 @@ class StreamSession:
                 raise Unauthorized('the first message must be {"type": "auth", "api_key": ...}')
             key = message.api_key
         client = self.ws.client.host if self.ws.client else "unknown"
-        principal = ctx.keys.authenticate(key, client, "client")
-        await ctx.limiter.check(principal.id)
-        return principal
+        return await plane.authorize(key, client)
 
     async def _receive_text(self) -> str | None:
         message = await self.ws.receive()
@@ -182,7 +183,7 @@ class StreamSession:
         frame_id = meta.id if meta is not None and meta.id is not None else self.seq
         ts = meta.ts if meta is not None and meta.ts is not None else time.time()
         self.seq += 1
-        limit = self.ctx.settings.ws_max_frame_bytes
+        limit = self.plane.settings.ws_max_frame_bytes
         if len(data) > limit:  # the stream closes (1009): account for this frame and the one waiting
             exc = ImageTooLarge(f"frame of {len(data)} bytes is over the limit of {limit}", detail={"limit": limit})
             waiting = 1 if self.slot.take() is not None else 0
@@ -197,7 +198,7 @@ class StreamSession:
             raise exc
         if self.slot.put(PendingFrame(data, frame_id, ts, time.perf_counter())):
             self.dropped += 1
-            self.ctx.metrics.ws_frames.labels(outcome="dropped").inc()
+            self.plane.metrics.ws_frames.labels(outcome="dropped").inc()
 
     async def _on_text(self, text: str) -> None:
         try:
@@ -219,11 +220,11 @@ class StreamSession:
 
     # -- processing ----------------------------------------------------------------------------
     def _fps_limit(self) -> float:
-        limits = [f for f in (self.config.fps_limit, self.ctx.settings.ws_max_fps) if f > 0]
+        limits = [f for f in (self.config.fps_limit, self.plane.settings.ws_max_fps) if f > 0]
         return min(limits) if limits else 0.0
 
     async def _process_loop(self) -> None:
-        metrics = self.ctx.metrics
+        metrics = self.plane.metrics
         next_at = 0.0
         while True:
             wait = next_at - time.perf_counter()
@@ -243,7 +244,6 @@ class StreamSession:
                 await self._send(error)
                 continue
             latency = time.perf_counter() - frame.received
-            metrics.observe_result(result)  # stage, face and emotion metrics count stream frames too
             metrics.ws_frames.labels(outcome="processed").inc()
             metrics.ws_frame_latency.observe(latency)
             message = StreamResult(
@@ -257,7 +257,7 @@ class StreamSession:
             await self._send(message)
 
     def _policy(self) -> ReusePolicy:
-        s, c = self.ctx.settings, self.config
+        s, c = self.plane.settings, self.config
         return ReusePolicy(
             enabled=s.ws_reuse if c.reuse is None else c.reuse,
             detect_every=c.detect_every or s.ws_detect_every,
@@ -268,14 +268,7 @@ class StreamSession:
         )
 
     async def _analyze(self, frame: PendingFrame) -> tuple[AnalysisResult, list[FaceReuse]]:
-        timeout = self.ctx.settings.request_timeout_s
-        async with self.ctx.manager.use() as pipeline:
-            try:
-                return await asyncio.wait_for(
-                    pipeline.analyze_stream(frame.data, self.config.options(), self.frames, self.policy), timeout
-                )
-            except TimeoutError as exc:
-                raise RequestTimeout(f"frame took longer than {timeout} s") from exc
+        return await self.plane.analyze_frame(frame.data, self.config.options(), self.frames, self.policy)
 
     def _faces(self, result: AnalysisResult, reuse: list[FaceReuse]) -> list[StreamFace]:
         """Attach track ids and smoothed scores to the pipeline's faces."""

@@ -200,7 +200,7 @@ def rollback(name: Annotated[str, typer.Argument()], alias: AliasOpt = "producti
 def _announce(settings: Settings, event: StoreEvent) -> None:
     """Tell running services (through Redis, when configured) so that every replica reloads."""
     if settings.redis_url:
-        from service.api.events import publish_sync
+        from service.serving.events import publish_sync
 
         if publish_sync(settings.redis_url, event):
             out_console.print("announced to running services through Redis")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from model_store.manifest import InputSpec, Manifest
+from model_store.tensors import normalize
 
 ARCFACE_112 = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
@@ -83,20 +84,14 @@ class Preprocessor:
 
         w, h = self.size
         if not crops:
-            shape = (0, self.spec.channels, h, w) if self.spec.layout == "NCHW" else (0, h, w, self.spec.channels)
-            return np.zeros(shape, np.float32)
+            return normalize(np.zeros((0, h, w, self.spec.channels), np.uint8), self.spec)
         if self.spec.color == "GRAY":
             batch = np.stack([cv2.cvtColor(c, cv2.COLOR_BGR2GRAY) for c in crops])[..., None]
         elif self.spec.color == "RGB":
             batch = np.stack(crops)[..., ::-1]
         else:
             batch = np.stack(crops)
-        mean = np.asarray(self.spec.mean, np.float32)
-        std = np.asarray(self.spec.std, np.float32)
-        x = (batch.astype(np.float32) * np.float32(self.spec.scale) - mean) / std
-        if self.spec.layout == "NCHW":
-            x = x.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(x, dtype=np.float32)
+        return normalize(batch, self.spec)
 
     def batch(self, image_bgr: np.ndarray, faces: Sequence[tuple[Sequence[float], np.ndarray | None]]) -> np.ndarray:
         """All faces of one image -> one float32 batch."""

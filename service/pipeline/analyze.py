@@ -26,6 +26,7 @@ from service.pipeline.schema import (
     ModelInfo,
     ModelsUsed,
     Timings,
+    parse_options,
 )
 from service.pipeline.stream_reuse import (
     FaceReuse,
@@ -202,7 +203,7 @@ class Pipeline:
     async def analyze(self, image: ImageInput, options: OptionsInput = None) -> AnalysisResult:
         """Analyze encoded image bytes or a BGR uint8 array. Decode/detect/align run in a thread."""
         t0 = time.perf_counter()
-        opts = self._check(AnalyzeOptions.parse(options))
+        opts = self._check(parse_options(options))
         prep = await asyncio.to_thread(self._prepare, image, opts)
         timed = await self.classifier.classify(prep.batch)
         return self._result(prep, timed.result, opts, timed.queue_s, timed.run_s, t0)
@@ -217,7 +218,7 @@ class Pipeline:
             result = await self.analyze(image, options)
             return result, [FaceReuse(True, 0) for _ in result.faces]
         t0 = time.perf_counter()
-        opts = self._check(AnalyzeOptions.parse(options))
+        opts = self._check(parse_options(options))
         if state.owner is not self:  # probabilities of another classifier are not reused
             state.reset()
             state.owner = self
@@ -279,7 +280,7 @@ class Pipeline:
     def analyze_sync(self, image: ImageInput, options: OptionsInput = None) -> AnalysisResult:
         """Blocking analysis without the batcher (CLI, scripts); the same result as `analyze`."""
         t0 = time.perf_counter()
-        opts = self._check(AnalyzeOptions.parse(options))
+        opts = self._check(parse_options(options))
         prep = self._prepare(image, opts)
         t1 = time.perf_counter()
         scores = self.classifier.run(prep.batch)

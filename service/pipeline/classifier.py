@@ -1,12 +1,5 @@
-"""The emotion classifier: manifest-driven preprocessing, batched inference, calibrated probabilities.
-
-Output rule (read from the manifest, never guessed from the numbers): the model outputs
-probabilities when `decoding.params.output` is "probabilities", or else when the first declared
-output (`manifest.outputs[0].name`) is named "prob", "probs", "probabilities" or "softmax"
-(case-insensitive). Otherwise the output is logits and gets a softmax. The manifest's `temperature`
-T divides the logits (softmax(z / T)); for probability outputs it is applied as p^(1/T), renormalised,
-which is the same thing.
-"""
+"""The emotion classifier: manifest-driven preprocessing, batched inference, calibrated probabilities
+(`model_store.tensors` says how outputs become probabilities, for the training job too)."""
 
 from __future__ import annotations
 
@@ -18,28 +11,11 @@ import numpy as np
 
 from model_store.manifest import ServingHints
 from model_store.store import ResolvedModel
+from model_store.tensors import probabilities
 from service.pipeline.align import Preprocessor
 from service.runtime.batcher import DynamicBatcher, Timed
 from service.runtime.sessions import ModelSession
 from service.settings import Settings
-
-PROBABILITY_OUTPUT_NAMES = {"prob", "probs", "probabilities", "softmax"}
-
-
-def outputs_probabilities(model: ResolvedModel) -> bool:
-    """True when the manifest says the model already ends in a softmax (see the module docstring)."""
-    m = model.manifest
-    params = m.decoding.params if m.decoding else {}
-    if "output" in params:
-        return str(params["output"]).lower() == "probabilities"
-    return bool(m.outputs) and m.outputs[0].name.lower() in PROBABILITY_OUTPUT_NAMES
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
-    return out
 
 
 class Scores(NamedTuple):
@@ -77,7 +53,6 @@ class EmotionClassifier:
         self.session = session
         self.labels: list[str] = list(manifest.labels)
         self.temperature = manifest.temperature
-        self.probabilities = outputs_probabilities(model)
         self.preprocessor = Preprocessor.from_manifest(manifest)
         self.output_name = manifest.outputs[0].name if manifest.outputs else session.output_names[0]
         if self.output_name not in session.output_names:
@@ -118,14 +93,10 @@ class EmotionClassifier:
 
     def postprocess(self, raw: np.ndarray) -> np.ndarray:
         """Model output (N, labels) -> probabilities (N, labels), float64 rows summing to 1."""
-        out = np.asarray(raw, np.float64).reshape(len(raw), -1)
+        out = np.asarray(raw).reshape(len(raw), -1)
         if out.shape[1] != len(self.labels):
             raise ValueError(f"{self.model.ref} outputs {out.shape[1]} values per face for {len(self.labels)} labels")
-        t = self.temperature or 1.0
-        if self.probabilities:
-            out = np.clip(out, 1e-12, None) ** (1.0 / t)
-            return out / out.sum(axis=1, keepdims=True)
-        return softmax(out / t)
+        return probabilities(self.model.manifest, out)
 
     def empty(self) -> Scores:
         return Scores(np.zeros((0, len(self.labels))), None)

@@ -1,28 +1,34 @@
-"""Turn what a caller passes (a path, encoded bytes or a BGR array) into encoded image bytes."""
+"""Turn what a caller passes (a path, encoded bytes or a BGR array) into encoded image bytes.
+
+Arrays need numpy and OpenCV (`pip install emoserve-client[arrays]`); paths and bytes need neither.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-ImageLike = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray]
+ImageLike = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, "np.ndarray"]
 
 
 def encode(image: ImageLike, quality: int = 90) -> bytes:
     """Encoded bytes for `image`: a file is read, bytes pass through, a BGR uint8 array becomes JPEG."""
     if isinstance(image, bytes | bytearray | memoryview):
         return bytes(image)
-    if isinstance(image, np.ndarray):
+    if isinstance(image, str | os.PathLike):
+        return Path(image).read_bytes()
+    try:  # an array: OpenCV encodes it
         import cv2
-
-        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:
-            raise ValueError(f"cannot encode an array of shape {image.shape} as JPEG")
-        return bytes(buf.tobytes())
-    return Path(image).read_bytes()
+    except ImportError as exc:
+        raise ImportError("encoding arrays needs OpenCV: pip install emoserve-client[arrays]") from exc
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError(f"cannot encode an array of shape {image.shape} as JPEG")
+    return bytes(buf.tobytes())
 
 
 def content_type(data: bytes) -> str:

@@ -1,9 +1,15 @@
-"""The result models, shared with the server (one definition: service.pipeline.schema / stream_schema)."""
+"""The result models (one definition, `emoserve_client.schema`, which the server uses too)."""
 
 from __future__ import annotations
 
-from service.pipeline.schema import AnalysisResult, AnalyzeOptions, Box, Emotion, Explanation, Face
-from service.pipeline.stream_schema import (
+from emoserve_client.schema import (
+    AnalysisResult,
+    AnalyzeOptions,
+    Box,
+    Emotion,
+    Explanation,
+    Face,
+    OptionsError,
     Pong,
     StreamConfig,
     StreamEmotion,
@@ -20,6 +26,7 @@ __all__ = [
     "Emotion",
     "Explanation",
     "Face",
+    "OptionsError",
     "Pong",
     "StreamConfig",
     "StreamEmotion",

@@ -143,12 +143,4 @@ class BlazeFaceDetector(BaseDetector):
         return unmap((boxes, sc, to_five_points(kps)), scale, pad)
 
 
-@register_detector("blazeface")
-def build(
-    model: ResolvedModel,
-    session_factory: SessionFactory,
-    *,
-    max_side: int = DEFAULT_MAX_SIDE,
-    min_face_size: float = 0.0,
-) -> BlazeFaceDetector:
-    return BlazeFaceDetector(model, session_factory, max_side=max_side, min_face_size=min_face_size)
+register_detector("blazeface")(BlazeFaceDetector)

@@ -10,6 +10,7 @@ import numpy as np
 
 from model_store import ResolvedModel
 from model_store.manifest import DetectorDecoding, InputSpec
+from model_store.tensors import normalize
 from service.errors import InvalidImage
 from service.pipeline.detectors.base import DetectedFace
 from service.pipeline.detectors.nms import resize_max_side
@@ -36,19 +37,16 @@ def to_tensor(image_bgr: np.ndarray, spec: InputSpec) -> np.ndarray:
         img = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)[:, :, None]
     else:
         img = image_bgr
-    h, w, c = img.shape
-    # one converting copy into the output layout, then the affine map in place (skipped when it is identity)
-    x = np.empty((1, c, h, w) if spec.layout == "NCHW" else (1, h, w, c), np.float32)
-    x[0] = img.transpose(2, 0, 1) if spec.layout == "NCHW" else img
-    gain = np.float32(spec.scale) / np.asarray(spec.std, np.float32)
-    bias = -np.asarray(spec.mean, np.float32) / np.asarray(spec.std, np.float32)
-    if spec.layout == "NCHW":
-        gain, bias = gain.reshape(-1, 1, 1), bias.reshape(-1, 1, 1)
-    if not np.all(gain == 1):
-        x *= gain
-    if np.any(bias != 0):
-        x += bias
-    return x
+    return normalize(img[None], spec)
+
+
+def pad_to_multiple(image: np.ndarray, step: int) -> np.ndarray:
+    """`image` on a black canvas whose sides are the next multiples of `step` (top-left aligned, so
+    detections need no offset)."""
+    h, w = image.shape[:2]
+    canvas = np.zeros((-(-h // step) * step, -(-w // step) * step, *image.shape[2:]), image.dtype)
+    canvas[:h, :w] = image
+    return canvas
 
 
 def unmap(det: Detections, scale: float, pad: tuple[float, float] = (0.0, 0.0)) -> Detections:

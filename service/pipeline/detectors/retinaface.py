@@ -91,12 +91,4 @@ class RetinaFaceDetector(BaseDetector):
         return boxes[order], scores[order], marks[order]
 
 
-@register_detector("retinaface")
-def build(
-    model: ResolvedModel,
-    session_factory: SessionFactory,
-    *,
-    max_side: int = DEFAULT_MAX_SIDE,
-    min_face_size: float = 0.0,
-) -> RetinaFaceDetector:
-    return RetinaFaceDetector(model, session_factory, max_side=max_side, min_face_size=min_face_size)
+register_detector("retinaface")(RetinaFaceDetector)

@@ -11,6 +11,7 @@ from service.pipeline.detectors.common import (
     BaseDetector,
     Detections,
     empty_detections,
+    pad_to_multiple,
     to_tensor,
     unmap,
 )
@@ -60,11 +61,7 @@ class ScrfdDetector(BaseDetector):
         if self.spec.size is not None:
             canvas, scale, _ = letterbox(image, (int(self.spec.size[0]), int(self.spec.size[1])))
             return canvas, scale
-        m = max(self.strides)
-        h, w = image.shape[:2]
-        canvas = np.zeros((-(-h // m) * m, -(-w // m) * m, 3), np.uint8)
-        canvas[:h, :w] = image
-        return canvas, 1.0
+        return pad_to_multiple(image, max(self.strides)), 1.0
 
     def _detect(self, image_bgr: np.ndarray, threshold: float) -> Detections:
         canvas, scale = self._frame(image_bgr)
@@ -92,12 +89,4 @@ class ScrfdDetector(BaseDetector):
         return unmap((b[keep], sc[keep], m), scale)
 
 
-@register_detector("scrfd")
-def build(
-    model: ResolvedModel,
-    session_factory: SessionFactory,
-    *,
-    max_side: int = DEFAULT_MAX_SIDE,
-    min_face_size: float = 0.0,
-) -> ScrfdDetector:
-    return ScrfdDetector(model, session_factory, max_side=max_side, min_face_size=min_face_size)
+register_detector("scrfd")(ScrfdDetector)

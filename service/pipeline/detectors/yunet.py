@@ -27,6 +27,7 @@ from service.pipeline.detectors.common import (
     BaseDetector,
     Detections,
     empty_detections,
+    pad_to_multiple,
     to_tensor,
 )
 from service.pipeline.detectors.nms import letterbox, nms
@@ -89,11 +90,8 @@ class YuNetDetector(BaseDetector):
         return faces
 
     def _detect_onnxruntime(self, image: np.ndarray, threshold: float) -> Detections:
-        h, w = image.shape[:2]
-        step = max(self.strides)
-        cw, ch = -(-w // step) * step, -(-h // step) * step
-        canvas = np.zeros((ch, cw, 3), np.uint8)
-        canvas[:h, :w] = image
+        canvas = pad_to_multiple(image, max(self.strides))
+        cw = canvas.shape[1]
         raw = self.session.run(None, {self.input_name: to_tensor(canvas, self.spec)})
         outs = dict(zip(self.output_names, raw, strict=True))
         boxes, scores, marks = [], [], []
@@ -141,13 +139,4 @@ class YuNetDetector(BaseDetector):
         return (boxes - np.tile(off, 2)) / scale, faces[:, 14].copy(), (marks - off) / scale
 
 
-@register_detector("yunet")
-def build(
-    model: ResolvedModel,
-    session_factory: SessionFactory | None = None,
-    *,
-    max_side: int = DEFAULT_MAX_SIDE,
-    min_face_size: float = 0.0,
-) -> YuNetDetector:
-    """onnxruntime through `session_factory` when given, else OpenCV."""
-    return YuNetDetector(model, session_factory, max_side=max_side, min_face_size=min_face_size)
+register_detector("yunet")(YuNetDetector)

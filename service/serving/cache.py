@@ -17,9 +17,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.api.metrics import Metrics
-from service.api.redis_link import RedisLink
 from service.pipeline.schema import AnalysisResult
+from service.serving.metrics import Metrics
+from service.serving.redis_link import RedisLink
 
 log = logging.getLogger("emoserve.cache")
 LOCAL_ENTRIES = 2048

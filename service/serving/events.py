@@ -16,9 +16,9 @@ from typing import Any, Literal, cast
 from redis.exceptions import RedisError
 
 from model_store import StoreEvent
-from service.api.metrics import Metrics
-from service.api.model_manager import ModelManager
-from service.api.redis_link import RedisLink
+from service.serving.metrics import Metrics
+from service.serving.model_manager import ModelManager
+from service.serving.redis_link import RedisLink
 
 log = logging.getLogger("emoserve.events")
 CHANNEL = "emoserve:model-events"

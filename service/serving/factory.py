@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from model_store import ModelStore
-from service.api.metrics import Metrics
-from service.api.model_manager import PipelineFactory, ServingPipeline
 from service.pipeline.analyze import Pipeline
+from service.serving.metrics import Metrics
+from service.serving.model_manager import PipelineFactory, ServingPipeline
 from service.settings import Settings
 
 

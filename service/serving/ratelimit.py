@@ -7,9 +7,9 @@ import math
 import time
 from dataclasses import dataclass
 
-from service.api.metrics import Metrics
-from service.api.redis_link import RedisLink
 from service.errors import RateLimited
+from service.serving.metrics import Metrics
+from service.serving.redis_link import RedisLink
 
 TOKEN_BUCKET_LUA = """
 local rate = tonumber(ARGV[1])

@@ -17,7 +17,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from service.api.metrics import Metrics
+from service.serving.metrics import Metrics
 
 log = logging.getLogger("emoserve.redis")
 T = TypeVar("T")
