@@ -183,8 +183,8 @@ def explain(
     import cv2
     import numpy as np
 
+    from model_store.tensors import softmax
     from service.errors import EmoserveError
-    from service.pipeline.classifier import softmax
     from service.pipeline.decode import decode_image
 
     settings = load_settings(detector=detector)
@@ -227,7 +227,7 @@ def explain(
     for i, (box, score, face) in enumerate(items, 1):
         x = torch.from_numpy(ex.pre.normalize([face]))  # exactly the service's classifier input
         heat, logits = gradcam_logits(ex.net, x, cls, layer, flip=ex.flip)
-        probs = softmax(logits.numpy().astype(np.float64) / ex.temperature)[0]
+        probs = softmax(logits.numpy(), ex.temperature)[0]
         best = int(np.argmax(probs))
         shown = cls if cls is not None else best
         ranked = [int(k) for k in np.argsort(-probs)[:3]]
