@@ -335,7 +335,7 @@ def family_of(name: str, families: dict[str, str]) -> str | None:
 
 
 def declared_ws_metrics() -> set[str]:
-    source = (REPO / "service" / "api" / "metrics.py").read_text()
+    source = (REPO / "service" / "serving" / "metrics.py").read_text()
     return {n for n in WS_METRICS if f'"{n}"' in source or f'"{n.removesuffix("_total")}"' in source}
 
 
