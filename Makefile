@@ -44,7 +44,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 typecheck: setup
-	$(BIN)/mypy service model_store training clients tests bench
+	$(BIN)/mypy emoserve_cli service model_store training clients tests bench
 
 # Fuzzing, overload and fault injection against a real server (loopback only, bounded); writes docs/reliability.md
 reliability: setup

@@ -8,6 +8,7 @@ both layers so a reference never means two things.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,20 @@ from model_store.storage import LocalStorage, Storage
 log = logging.getLogger("emoserve.store")
 
 SHIPPED_ROOT = Path(__file__).parent / "shipped"
+ROOT_VARIABLE = "EMOSERVE_MODEL_ROOT"
+
+
+def user_root() -> Path:
+    """The writable model root when none is configured: the user's data folder."""
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("emoserve", appauthor=False)) / "models"
+
+
+def default_root() -> Path:
+    """The writable model root: `EMOSERVE_MODEL_ROOT` (which the service's settings read too), else `user_root()`."""
+    configured = os.environ.get(ROOT_VARIABLE)
+    return Path(configured) if configured else user_root()
 
 
 @dataclass(frozen=True)

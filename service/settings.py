@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from platformdirs import user_data_dir
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model_store.names import parse_ref
+from model_store.store import user_root
 
 Provider = Literal["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
@@ -19,7 +19,7 @@ def default_providers() -> list[Provider]:
 
 
 def default_model_root() -> Path:
-    return Path(user_data_dir("emoserve", appauthor=False)) / "models"
+    return user_root()  # the model store owns it (the training job uses it without the service's settings)
 
 
 class Settings(BaseSettings):

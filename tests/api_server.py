@@ -1,4 +1,4 @@
-"""Start the real service (`python -m service serve`) on a free loopback port for tests."""
+"""Start the real service (`python -m emoserve_cli serve`) on a free loopback port for tests."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def run_server(
                 *(["taskset", "-c", cpus] if cpus else []),
                 sys.executable,
                 "-m",
-                "service",
+                "emoserve_cli",
                 "serve",
                 "--host",
                 "127.0.0.1",

@@ -499,7 +499,7 @@ def test_alias_change_reaches_every_replica(model_root: Path, redis_url: str, tm
         # from the command line: `emoserve models promote` announces through Redis too
         cli_env = {**os.environ, **env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         cli = subprocess.run(
-            [sys.executable, "-m", "service", "models", "promote", "tiny-emotion", "1"],
+            [sys.executable, "-m", "emoserve_cli", "models", "promote", "tiny-emotion", "1"],
             env=cli_env,
             capture_output=True,
             text=True,

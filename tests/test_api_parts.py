@@ -125,7 +125,7 @@ def test_an_open_server_on_a_public_address_warns(caplog: pytest.LogCaptureFixtu
 
 
 def test_the_shutdown_grace_covers_the_request_timeout() -> None:
-    from service.cli.serve import grace_period
+    from emoserve_cli.serve import grace_period
     from service.settings import get_settings
 
     assert grace_period(get_settings(request_timeout_s=30, body_timeout_s=15)) == 50

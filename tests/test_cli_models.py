@@ -27,7 +27,7 @@ def emoserve(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> s
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("EMOSERVE_")}
     full_env.update({"EMOSERVE_MODEL_ROOT": str(tmp_path / "root"), "COLUMNS": "200", **(env or {})})
     return subprocess.run(
-        [sys.executable, "-m", "service", *args],
+        [sys.executable, "-m", "emoserve_cli", *args],
         cwd=REPO,
         env=full_env,
         capture_output=True,

@@ -105,7 +105,7 @@ def test_cli_stream_writes_video_and_csv(server: Server, tmp_path: Path) -> None
         writer.write(image(i))
     writer.release()
     out, table = tmp_path / "annotated.mp4", tmp_path / "emotions.csv"
-    cmd = [sys.executable, "-m", "service", "stream", str(video), "--url", server.url, "--max"]
+    cmd = [sys.executable, "-m", "emoserve_cli", "stream", str(video), "--url", server.url, "--max"]
     proc = subprocess.run([*cmd, "--out", str(out), "--csv", str(table)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "p95" in proc.stderr and "dropped" in proc.stderr

@@ -161,7 +161,7 @@ def test_opencv_pixel_cap_is_set_before_opencv_loads() -> None:
     so importing the CLI must not import OpenCV, and the cap then holds for every decode."""
     png = cv2.imencode(".png", np.zeros((100, 100, 3), np.uint8))[1].tobytes().hex()
     code = (
-        "import sys, service.cli.serve as s\n"
+        "import sys, emoserve_cli.serve as s\n"
         "assert 'cv2' not in sys.modules, 'the CLI imports OpenCV before the cap is set'\n"
         "s.fence_opencv(50)\n"
         "import cv2, numpy as np\n"

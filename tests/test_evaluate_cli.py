@@ -13,8 +13,8 @@ import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from typer.testing import CliRunner
 
+from emoserve_cli import app
 from model_store import ModelStore
-from service.cli import app
 from tests.helpers.tiny_models import classifier_draft, tiny_classifier_onnx
 from training.data import EMOTIONS_7
 

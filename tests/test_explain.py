@@ -1,4 +1,4 @@
-"""Grad-CAM, feature grids, the explain sheet and the `emoserve explain` command (service/cli/explain.py)."""
+"""Grad-CAM, feature grids, the explain sheet and the `emoserve explain` command (emoserve_cli/explain.py)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import torch.nn as nn  # noqa: E402
 import typer  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from service.cli import explain as explain_cli  # noqa: E402
-from service.cli.explain import CELL  # noqa: E402
+from emoserve_cli import explain as explain_cli  # noqa: E402
+from emoserve_cli.explain import CELL  # noqa: E402
 from tests.conftest import shared_path  # noqa: E402
 from training import compare, explain  # noqa: E402
 from training.models import create_model  # noqa: E402
@@ -219,7 +219,7 @@ def test_explain_photo_explains_every_face_the_service_finds(tmp_path: Path) -> 
     """`emoserve explain PHOTO --model emotion-ferplus8@production` on the real app: one sheet row per face,
     and the faces, their order and their probabilities are those `emoserve serve` gives for the photo
     (same detector, alignment, input tensor, mirror averaging and temperature)."""
-    from service.cli import app
+    from emoserve_cli import app
     from service.pipeline.analyze import Pipeline
     from service.settings import get_settings
 
@@ -259,7 +259,7 @@ def test_explain_is_an_emoserve_command_that_imports_torch_lazily() -> None:
     import subprocess
 
     code = (
-        "import sys; from service.cli import app; print(sorted(c.name or '' for c in app.registered_commands)); "
+        "import sys; from emoserve_cli import app; print(sorted(c.name or '' for c in app.registered_commands)); "
         "print('torch' in sys.modules, 'cv2' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")

@@ -195,7 +195,7 @@ def test_explain_store_model(trained: tuple[Path, Path], tmp_path: Path, monkeyp
     import typer
     from typer.testing import CliRunner
 
-    from service.cli import explain
+    from emoserve_cli import explain
     from tests.helpers.tiny_models import classifier_draft, tiny_classifier_onnx
     from training import compare
 
@@ -229,7 +229,7 @@ def test_publish_ensemble_rebuild_and_explain(
     import typer
     from typer.testing import CliRunner
 
-    import training.cli as cli
+    import emoserve_cli.train as cli
     from training.checkpoints import load_checkpoint
     from training.explain import gradcam_logits
     from training.models.ensemble import LogitMean
@@ -419,7 +419,7 @@ def test_add_cam_reexports_a_published_model(
     import typer
     from typer.testing import CliRunner
 
-    import training.cli as cli
+    import emoserve_cli.train as cli
     from training.checkpoints import load_checkpoint
     from training.models import create_model
     from training.models.cam import CamNet, CamUnsupported

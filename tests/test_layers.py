@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -74,14 +76,42 @@ def test_the_cycle_finder_finds_cycles() -> None:
 
 
 # the service's floors, top to bottom: a module may import its own floor or one below, never one above
-SERVICE_FLOORS = ["service.cli", "service.api", "service.serving", "service.pipeline", "service.runtime"]
+SERVICE_FLOORS = ["service.api", "service.serving", "service.pipeline", "service.runtime"]
 
 
 def floor_of(module: str) -> int:
     """The floor index of a service module; modules outside the floors (errors, settings) sit below them all."""
-    if module == "service.__main__":  # `python -m service` is the command line
-        return 0
     return next((i for i, f in enumerate(SERVICE_FLOORS) if module == f or module.startswith(f + ".")), 99)
+
+
+def packages_imported(package: str) -> dict[str, set[str]]:
+    """Module of `package` -> the top-level packages it imports (anywhere in its body)."""
+    found: dict[str, set[str]] = {}
+    for path in (REPO / package).rglob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+            elif isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+        found[str(path.relative_to(REPO))] = names
+    return found
+
+
+@pytest.mark.parametrize(
+    ("package", "above"),
+    [
+        ("service", {"emoserve_cli", "training"}),
+        ("training", {"emoserve_cli", "service"}),
+        ("model_store", {"emoserve_cli", "service", "training", "emoserve_client"}),
+        ("clients/python/emoserve_client", {"emoserve_cli", "service", "training", "model_store"}),
+    ],
+)
+def test_no_package_imports_a_layer_above_it(package: str, above: set[str]) -> None:
+    """The command line sits on top; the service and the training job beside each other; the model store
+    and the SDK at the bottom, each on its own."""
+    offending = {module: sorted(names & above) for module, names in packages_imported(package).items() if names & above}
+    assert offending == {}
 
 
 def test_service_imports_run_one_way() -> None:

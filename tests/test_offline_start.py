@@ -89,7 +89,7 @@ def test_cli_pull_without_network_exits_5_with_the_ways_out(tmp_path: Path, offl
         }
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "service", "models", "pull", "scrfd-500m"],
+        [sys.executable, "-m", "emoserve_cli", "models", "pull", "scrfd-500m"],
         cwd=REPO,
         env=env,
         capture_output=True,

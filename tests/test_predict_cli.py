@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from emoserve_cli import app
 from model_store import ModelStore
-from service.cli import app
 from service.errors import ModelNotFound, spec_for
 from service.pipeline.schema import AnalysisResult
 from tests.helpers.tiny_models import publish_test_detector, publish_tiny_classifier
@@ -95,7 +95,7 @@ def test_no_classifier_refuses_with_a_hint(tmp_path: Path, images: list[Path]) -
         }
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "service", "predict", str(images[0])],
+        [sys.executable, "-m", "emoserve_cli", "predict", str(images[0])],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -205,7 +205,7 @@ def test_cli_import_is_light_and_registers() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, typer, training.cli as c; app = typer.Typer(); c.register(app); "
+    code = ("import sys, typer, emoserve_cli.train as c; app = typer.Typer(); c.register(app); "
             "print(sorted(x.name for x in app.registered_commands)); print('torch' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert "'evaluate'" in out[0] and "'train'" in out[0] and "'export'" in out[0]
@@ -216,7 +216,7 @@ def test_cli_train_publish_evaluate(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     import typer
     from typer.testing import CliRunner
 
-    import training.cli as cli
+    import emoserve_cli.train as cli
 
     monkeypatch.setenv("EMOSERVE_MODEL_ROOT", str(tmp_path / "store"))
     data = synthetic_faces(tmp_path / "data", per_class=150)

@@ -30,9 +30,9 @@ def load_for_evaluation(ref: str, data_dir: Path, split: str = "val", fmt: str =
     from training.data import load_dataset
 
     if store_root is None:
-        from service.settings import get_settings
+        from model_store.store import default_root
 
-        store_root = get_settings().model_root
+        store_root = default_root()
     resolved = ModelStore(store_root).get(ref)
     return resolved, load_dataset(data_dir, split, fmt)  # type: ignore[arg-type]
 

@@ -8,7 +8,7 @@
 The Grad-CAM layer is `layer` if given, else the model's `gradcam_layer` attribute (a dotted module
 name), else the last Conv2d. Token models (ViT) provide `gradcam_reshape(tokens) -> (B,D,h,w)`.
 Torch is needed here (imported inside the functions). The `emoserve explain` command, which finds the faces
-of a photo with the service's detector and alignment, is service/cli/explain.py.
+of a photo with the service's detector and alignment, is emoserve_cli/explain.py.
 """
 
 from __future__ import annotations

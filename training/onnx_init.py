@@ -192,9 +192,9 @@ def resolve_source(source: str, store_root: Path | None = None) -> tuple[Manifes
         path = Path(source)
         return Manifest.from_file(path.parent / "manifest.json"), path
     if store_root is None:
-        from service.settings import get_settings
+        from model_store.store import default_root
 
-        store_root = get_settings().model_root
+        store_root = default_root()
     resolved = ModelStore(store_root).get(source)
     return resolved.manifest, resolved.model_path
 

@@ -1,1 +1,1 @@
-"""The REST (and later WebSocket) adapters over the pipeline."""
+"""The HTTP transports: REST routes and the WebSocket stream, thin adapters over the data plane (`service.serving`)."""

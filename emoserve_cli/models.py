@@ -10,10 +10,10 @@ import typer
 import yaml
 from rich.table import Table
 
+from emoserve_cli.common import fail, handle_errors, load_settings, open_store, out_console
 from model_store import ArtifactCorrupt, InvalidName, ModelRef, StoreEvent, parse_ref
 from model_store.catalog import Catalog
 from model_store.pull import pull as pull_model
-from service.cli.common import fail, handle_errors, load_settings, open_store, out_console
 from service.settings import Settings
 
 app = typer.Typer(help="Manage the versioned model store.", no_args_is_help=True)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from service.cli.common import err_console, fail, handle_errors, load_settings, open_store, out_console
+from emoserve_cli.common import err_console, fail, handle_errors, load_settings, open_store, out_console
 
 if TYPE_CHECKING:
     import numpy as np

@@ -17,7 +17,7 @@ from typing import IO, Annotated, Any
 
 import typer
 
-from service.cli.common import err_console, fail, handle_errors
+from emoserve_cli.common import err_console, fail, handle_errors
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 

@@ -1,20 +1,19 @@
-"""`emoserve train`, `export` and `evaluate` (plus the model zoo's `compare` when present).
+"""`emoserve train`, `export` and `evaluate`: the training job's commands.
 
-`emoserve explain` is service/cli/explain.py: it runs the service's detector and alignment.
+`emoserve explain` is emoserve_cli/explain.py: it runs the service's detector and alignment.
 
 Nothing heavy is imported at module import time: torch and the training code load inside the commands.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-EXTRA_COMMAND_MODULES = ["training.compare"]  # each has register(app)
+from emoserve_cli.common import fail, handle_errors, load_settings
 
 
 def train_command(
@@ -52,10 +51,9 @@ def train_command(
         publish_shipped(run_dir, data, name or cfg.name, alias=alias, int8=int8, log=typer.echo,
                         description=cfg.description)  # fmt: skip
     elif publish:
-        from service.settings import get_settings
         from training.export import publish_run
 
-        publish_run(run_dir, data, name or cfg.name, get_settings().model_root, alias=alias, int8=int8,
+        publish_run(run_dir, data, name or cfg.name, load_settings().model_root, alias=alias, int8=int8,
                     log=typer.echo, description=cfg.description)  # fmt: skip
 
 
@@ -101,9 +99,7 @@ def export_command(
         if shipped:
             publish_shipped(sources, data, name, alias=alias, **kw)
         else:
-            from service.settings import get_settings
-
-            publish_run(sources, data, name, get_settings().model_root, alias=alias, **kw)
+            publish_run(sources, data, name, load_settings().model_root, alias=alias, **kw)
     except (EnsembleError, OnnxInitError, ModelStoreError) as exc:
         raise typer.BadParameter(str(exc)) from exc
 
@@ -119,9 +115,7 @@ def _add_cam(sources: list[str], alias: str, shipped: bool) -> None:
     if shipped:
         root, layer = SHIPPED_ROOT, None
     else:
-        from service.settings import get_settings
-
-        root, layer = get_settings().model_root, SHIPPED_ROOT
+        root, layer = load_settings().model_root, SHIPPED_ROOT
     for src in sources:
         try:
             manifest = add_cam(src, root, shipped=layer, alias=None if shipped else alias, log=typer.echo)
@@ -156,7 +150,6 @@ def evaluate_command(
     ] = False,
 ) -> None:
     """Evaluate a stored ONNX model on a dataset split (accuracy, balanced accuracy, per-class table, ECE)."""
-    from service.cli.common import fail
     from training.data.readers import READERS, SPLITS, DatasetLayoutError
     from training.evaluate import evaluate_loaded, load_for_evaluation
     from training.metrics import format_report, save_confusion_png
@@ -200,17 +193,7 @@ def evaluate_command(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `train`, `export` and `evaluate`, then the commands of EXTRA_COMMAND_MODULES that exist."""
-    from service.cli.common import handle_errors  # here, not at import: service.cli imports this module
-
+    """Add `train`, `export` and `evaluate`."""
     app.command("train")(train_command)
     app.command("evaluate")(handle_errors(evaluate_command))
     app.command("export")(export_command)
-    for mod in EXTRA_COMMAND_MODULES:
-        try:
-            module = importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
-            continue
-        module.register(app)

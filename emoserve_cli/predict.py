@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from service.cli.common import handle_errors, load_settings, open_store, out_console
+from emoserve_cli.common import handle_errors, load_settings, open_store, out_console
 
 
 def _annotated_path(out: Path, image: Path, several: bool) -> Path:

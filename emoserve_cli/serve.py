@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from service.cli.common import handle_errors, load_settings
+from emoserve_cli.common import handle_errors, load_settings
 from service.pipeline.decode import fence_opencv
 from service.settings import Settings
 
