@@ -175,6 +175,7 @@ async def _run(
     fast: bool,
     outputs_args: dict[str, Any],
     config: dict[str, Any],
+    sending: dict[str, Any],
 ) -> Stats:
     from emoserve_client.streaming import astream
     from rich.live import Live
@@ -194,7 +195,13 @@ async def _run(
     try:
         with Live(stats.line(), console=err_console, refresh_per_second=4, transient=False) as live:
             async for result in astream(
-                url, tap(), api_key=api_key, config=config, fps=None if fast else rate, on_error=errors.append
+                url,
+                tap(),
+                api_key=api_key,
+                config=config,
+                fps=None if fast else rate,
+                on_error=errors.append,
+                **sending,
             ):
                 rtt = (
                     time.perf_counter() - sent.pop(result.frame_id, time.perf_counter())
@@ -227,13 +234,23 @@ def stream(
     max_faces: Annotated[int | None, typer.Option(help="Most faces per frame")] = None,
     threshold: Annotated[float | None, typer.Option(help="Face score threshold")] = None,
     track: Annotated[bool, typer.Option(help="Track faces (stable track ids)")] = True,
+    send_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Downscale frames to this longest side before sending (default: the server's analysis "
+            "size from its hello; 0: send full frames)",
+            min=0,
+        ),
+    ] = None,
+    quality: Annotated[int, typer.Option(help="JPEG quality of the frames sent", min=1, max=100)] = 80,
 ) -> None:
     """Stream a video, an image folder or a camera to a running service; show fps, latency and drops."""
     from emoserve_client.errors import StreamClosed
 
     config = {"smoothing": smoothing, "max_faces": max_faces, "threshold": threshold, "track": track}
     try:
-        stats = asyncio.run(_run(source, url, api_key, fps, fast, {"out": out, "csv": csv_path}, config))
+        sending = {"max_side": send_size, "quality": quality}
+        stats = asyncio.run(_run(source, url, api_key, fps, fast, {"out": out, "csv": csv_path}, config, sending))
     except StreamClosed as exc:
         fail(f"the server closed the stream: {exc}", 1 if exc.code in (1011, None) else 2)
     except OSError as exc:

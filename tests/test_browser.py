@@ -56,7 +56,10 @@ def source_frames(n: int = 60) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = tiny_models_env(publish_test_models(tmp_path_factory.mktemp("browser-models")))
+    # an analysis size below the video's, so that the page downscales its frames and maps the results back
+    env = tiny_models_env(
+        publish_test_models(tmp_path_factory.mktemp("browser-models")), EMOSERVE_DETECTOR_MAX_SIDE="320"
+    )
     with run_server(env, tmp_path_factory.mktemp("browser-logs")) as s:
         yield s
 
@@ -94,6 +97,8 @@ def test_demo_page_streams_the_webcam_and_draws_results(server: Server, tmp_path
                 "() => ({status: window.emoserve.status, fps: window.emoserve.fps,"
                 " latency: window.emoserve.latencyMs, drawn: window.emoserve.drawn,"
                 " last: window.emoserve.lastResult, stats: document.getElementById('fps').textContent,"
+                " analysisSize: window.emoserve.analysisSize, width: document.getElementById('video').videoWidth,"
+                " height: document.getElementById('video').videoHeight,"
                 " faces: document.getElementById('faces').textContent})"
             )
             page.screenshot(path=str(ARTIFACTS / "browser-demo.png"))
@@ -115,6 +120,11 @@ def test_demo_page_streams_the_webcam_and_draws_results(server: Server, tmp_path
     colour = [int(drawn["colour"][i : i + 2], 16) for i in (1, 3, 5)]
     assert all(abs(p - c) <= 40 for p, c in zip(pixel[:3], colour, strict=True)), (pixel, colour)
     assert (ARTIFACTS / "browser-demo.png").stat().st_size > 1000
+    # frames went at the server's analysis size (320), the box came back in the video's pixels: the test
+    # detector's face sits in the middle of the frame it saw
+    assert state["analysisSize"] == 320 and state["width"] > 320
+    assert abs((b["x1"] + b["x2"]) / 2 - state["width"] / 2) < 0.1 * state["width"], (b, state["width"])
+    assert abs((b["y1"] + b["y2"]) / 2 - state["height"] / 2) < 0.1 * state["height"], (b, state["height"])
 
 
 def test_api_docs_render_with_the_network_cut(server: Server, tmp_path: Path) -> None:

@@ -116,3 +116,46 @@ def test_cli_stream_writes_video_and_csv(server: Server, tmp_path: Path) -> None
     assert rows and {"frame", "ts", "track_id", "x1", "label", "confidence", "happy"} <= set(rows[0])
     assert {r["track_id"] for r in rows} == {"1"}
     assert rows[-1]["frame"] == "29"
+
+
+def test_sizing_downscales_arrays_and_maps_results_back() -> None:
+    """`hello` sets the analysis size; arrays above it are sent smaller, bytes as they are; a result's
+    boxes, landmarks and heat-map affine come back in the frame's own pixels."""
+    from emoserve_client.streaming import Sizing
+
+    sizing = Sizing(None, quality=80)
+    hello = '{"type": "hello", "analysis_size": 160, "max_frame_bytes": 1000, "max_fps": 0, "max_faces": 8}'
+    assert sizing.hello(hello) and sizing.max_side == 160
+    assert not Sizing(None, 80).hello('{"type": "pong"}')
+    sent = cv2.imdecode(np.frombuffer(sizing.encode(0, image(0)), np.uint8), cv2.IMREAD_COLOR)
+    assert sent is not None and sent.shape == (120, 160, 3)  # 320x240 -> longest side 160
+    raw = b"\x89PNG-not-resized"
+    assert sizing.encode(1, raw) == raw
+    face = {
+        "track_id": 1, "box": {"x1": 40.0, "y1": 30.0, "x2": 120.0, "y2": 90.0}, "score": 0.9,
+        "landmarks": [[60.0, 50.0]] * 5,
+        "emotion": {"label": "happy", "confidence": 0.9, "scores": {"happy": 0.9}, "smoothed_scores": {"happy": 0.9}},
+        "explanation": {"label": "happy", "grid": [[1.0]], "affine": [[2.0, 0.0, 40.0], [0.0, 2.0, 30.0]]},
+    }  # fmt: skip
+    result = StreamResult.model_validate(
+        {"frame_id": 0, "ts": 0.0, "latency_ms": 1.0, "faces": [face], "dropped_since_last": 0}
+    )
+    back = sizing.restore(result).faces[0]
+    assert (back.box.x1, back.box.y1, back.box.x2, back.box.y2) == (80.0, 60.0, 240.0, 180.0)
+    assert back.landmarks == [[120.0, 100.0]] * 5
+    assert back.explanation is not None and back.explanation.affine == [[4.0, 0.0, 80.0], [0.0, 4.0, 60.0]]
+    assert sizing.restore(result.model_copy(update={"frame_id": 1})).faces[0].box == result.faces[0].box
+
+
+@pytest.mark.parametrize("max_side", [None, 0])
+def test_stream_results_are_in_the_frames_pixels(tmp_path: Path, max_side: int | None) -> None:
+    """Against a server analysing at 160 px: 320x240 arrays go downscaled (None) or whole (0); either way the
+    test detector's face, in the middle of what it saw, comes back in the middle of the 320x240 frame."""
+    root = publish_test_models(tmp_path / "models")
+    with run_server(tiny_models_env(root, EMOSERVE_DETECTOR_MAX_SIDE="160"), tmp_path) as s, Client(s.url) as c:
+        results = list(c.stream([image(i) for i in range(3)], max_side=max_side, reuse=False))
+    assert results
+    for r in results:
+        b = r.faces[0].box
+        assert abs((b.x1 + b.x2) / 2 - 160) < 8 and abs((b.y1 + b.y2) / 2 - 120) < 8, b
+        assert b.x2 - b.x1 > 40  # a face of the 320x240 frame, not of the 160x120 one sent

@@ -54,7 +54,19 @@ def ws_url(server: Server, query: str = "") -> str:
 
 
 async def recv_json(ws: ClientConnection, timeout: float = 10.0) -> dict[str, Any]:
-    return dict(json.loads(await asyncio.wait_for(ws.recv(), timeout)))
+    """The next message other than the server's `hello` (tests/test_stream.py checks that one on its own)."""
+    while (message := dict(json.loads(await asyncio.wait_for(ws.recv(), timeout))))["type"] == "hello":
+        pass
+    return message
+
+
+def test_hello_comes_first_with_the_analysis_size_and_limits(server: Server) -> None:
+    async def go() -> dict[str, Any]:
+        async with connect(ws_url(server), compression=None) as ws:
+            return dict(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+
+    hello = run(go())
+    assert hello == {"type": "hello", "analysis_size": 640, "max_frame_bytes": 200000, "max_fps": 60.0, "max_faces": 32}
 
 
 async def next_of(ws: ClientConnection, kind: str, timeout: float = 10.0) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from service.pipeline.stream_reuse import FaceReuse, ReusePolicy, StreamState
 from service.pipeline.stream_schema import (
     Auth,
     FrameMeta,
+    Hello,
     Ping,
     Pong,
     StreamConfig,
@@ -98,6 +99,7 @@ class StreamSession:
         try:
             self._admit(open_streams)
             await self._authenticate()
+            await self._send(self._hello())
         except _ClientGone:
             return
         except Exception as exc:
@@ -159,6 +161,15 @@ class StreamSession:
             key = message.api_key
         client = self.ws.client.host if self.ws.client else "unknown"
         return await plane.authorize(key, client)
+
+    def _hello(self) -> Hello:
+        s = self.plane.settings
+        return Hello(
+            analysis_size=s.detector_max_side,
+            max_frame_bytes=s.ws_max_frame_bytes,
+            max_fps=s.ws_max_fps,
+            max_faces=s.max_faces,
+        )
 
     async def _receive_text(self) -> str | None:
         message = await self.ws.receive()

@@ -5,7 +5,7 @@
 const COLOURS = ["#00ff00", "#ff00ff", "#00ffff", "#ffff00", "#ff8000", "#0080ff"];
 const state = (window.emoserve = {
   status: "starting", results: 0, errors: 0, lastResult: null, drawn: [],
-  fps: 0, latencyMs: null, dropped: 0, framesSent: 0,
+  fps: 0, latencyMs: null, dropped: 0, framesSent: 0, analysisSize: 0,
 });
 
 const video = document.getElementById("video");
@@ -19,6 +19,7 @@ let ws = null;
 let inFlight = 0;            // frames sent whose result has not come back (we keep at most 1)
 let lastFaces = [];
 const sentAt = new Map();    // frame id -> performance.now() when sent
+const sentScale = new Map(); // frame id -> the scale it was sent at (< 1: downscaled to the server's analysis size)
 const resultTimes = [];      // arrival times of the last results, for fps
 
 function setStatus(text) { state.status = text; $("status").textContent = text; }
@@ -55,8 +56,21 @@ function connect() {
   };
 }
 
+// A face of a downscaled frame, back in the video's pixels.
+function scaleFace(face, k) {
+  if (k === 1) return face;
+  const b = face.box;
+  return { ...face, box: { x1: b.x1 * k, y1: b.y1 * k, x2: b.x2 * k, y2: b.y2 * k },
+    landmarks: face.landmarks && face.landmarks.map(([x, y]) => [x * k, y * k]) };
+}
+
 function onMessage(msg) {
-  if (msg.type === "result") {
+  if (msg.type === "hello") {  // the size the server analyses frames at: larger frames are sent downscaled
+    state.analysisSize = msg.analysis_size;
+  } else if (msg.type === "result") {
+    const k = 1 / (sentScale.get(msg.frame_id) ?? 1);
+    for (const id of [...sentScale.keys()]) if (id <= msg.frame_id) sentScale.delete(id);  // dropped ones too
+    msg.faces = msg.faces.map((face) => scaleFace(face, k));
     inFlight = Math.max(0, inFlight - 1);
     state.results += 1;
     state.lastResult = msg;
@@ -151,13 +165,15 @@ function draw() {
 function capture() {
   const w = video.videoWidth, h = video.videoHeight;
   if (!w || !h || !ws || ws.readyState !== WebSocket.OPEN || inFlight > 0) return;
-  grab.width = w; grab.height = h;
-  grabCtx.drawImage(video, 0, 0, w, h);
+  const side = state.analysisSize, s = side && Math.max(w, h) > side ? side / Math.max(w, h) : 1;
+  grab.width = Math.round(w * s); grab.height = Math.round(h * s);
+  grabCtx.drawImage(video, 0, 0, grab.width, grab.height);
   inFlight += 1;
   grab.toBlob((blob) => {
     if (!blob || ws.readyState !== WebSocket.OPEN) { inFlight = Math.max(0, inFlight - 1); return; }
     const id = state.framesSent++;
     sentAt.set(id, performance.now());
+    sentScale.set(id, s);
     ws.send(JSON.stringify({ type: "frame", id, ts: Date.now() / 1000 }));
     ws.send(blob);
   }, "image/jpeg", 0.8);

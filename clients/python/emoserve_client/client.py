@@ -10,7 +10,7 @@ import httpx
 from emoserve_client.errors import EmoserveAPIError
 from emoserve_client.inputs import ImageLike, content_type, encode, query
 from emoserve_client.models import AnalysisResult, StreamResult
-from emoserve_client.streaming import ErrorHook, Frames, astream, stream_sync
+from emoserve_client.streaming import DEFAULT_QUALITY, ErrorHook, Frames, astream, stream_sync
 
 BatchItem = AnalysisResult | EmoserveAPIError
 
@@ -93,10 +93,15 @@ class Client(_Base):
         *,
         fps: float | None = None,
         on_error: ErrorHook | None = None,
+        max_side: int | None = None,
+        quality: int = DEFAULT_QUALITY,
         **config: Any,
     ) -> Iterator[StreamResult]:
-        """Stream `frames` over `WS /v1/stream`; `config`: max_faces, threshold, smoothing, track, fps_limit."""
-        return stream_sync(self.url, frames, api_key=self.api_key, config=config, fps=fps, on_error=on_error)
+        """Stream `frames` over `WS /v1/stream`; `config`: max_faces, threshold, smoothing, track, fps_limit,
+        reuse, explain... Arrays are downscaled to the server's analysis size (`max_side` None; 0 = never)
+        and JPEG-encoded at `quality`; results come back in the frames' own coordinates."""
+        return stream_sync(self.url, frames, api_key=self.api_key, config=config, fps=fps, on_error=on_error,
+                           max_side=max_side, quality=quality)  # fmt: skip
 
 
 class AsyncClient(_Base):
@@ -138,7 +143,10 @@ class AsyncClient(_Base):
         *,
         fps: float | None = None,
         on_error: ErrorHook | None = None,
+        max_side: int | None = None,
+        quality: int = DEFAULT_QUALITY,
         **config: Any,
     ) -> AsyncIterator[StreamResult]:
-        """`async for result in client.stream(frames, smoothing=0.6): ...`"""
-        return astream(self.url, frames, api_key=self.api_key, config=config, fps=fps, on_error=on_error)
+        """`async for result in client.stream(frames, smoothing=0.6): ...` (see `Client.stream`)."""
+        return astream(self.url, frames, api_key=self.api_key, config=config, fps=fps, on_error=on_error,
+                       max_side=max_side, quality=quality)  # fmt: skip

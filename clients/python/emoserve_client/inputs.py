@@ -31,6 +31,19 @@ def encode(image: ImageLike, quality: int = 90) -> bytes:
     return bytes(buf.tobytes())
 
 
+def shrink(image: ImageLike, max_side: int) -> tuple[ImageLike, float]:
+    """A BGR array larger than `max_side` resized (INTER_AREA) so its longest side is `max_side`, with the
+    scale applied (< 1); anything else, or `max_side` 0, as it is with scale 1."""
+    shape = getattr(image, "shape", None)
+    if not max_side or shape is None or max(shape[:2]) <= max_side:
+        return image, 1.0
+    import cv2
+
+    scale = max_side / max(shape[:2])
+    size = (max(1, round(shape[1] * scale)), max(1, round(shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale  # type: ignore[arg-type]
+
+
 def content_type(data: bytes) -> str:
     """The image media type from the magic bytes (JPEG when unknown: the server sniffs anyway)."""
     if data[:8] == b"\x89PNG\r\n\x1a\n":

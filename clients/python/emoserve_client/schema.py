@@ -204,7 +204,20 @@ class Pong(BaseModel):
     type: Literal["pong"] = "pong"
 
 
-ServerMessage = Annotated[StreamResult | StreamError | Pong, Field(discriminator="type")]
+class Hello(BaseModel):
+    """The server's first message on a stream (after authentication): what it does with frames."""
+
+    type: Literal["hello"] = "hello"
+    analysis_size: int = Field(
+        description="the longest side the server analyses a frame at; a larger frame costs bandwidth and decoding "
+        "for nothing, so clients downscale to it before encoding (and map results back)"
+    )
+    max_frame_bytes: int = Field(description="frames over this many bytes close the stream (1009)")
+    max_fps: float = Field(description="the most frames per second the server processes (0: no cap)")
+    max_faces: int = Field(description="the most faces per frame")
+
+
+ServerMessage = Annotated[StreamResult | StreamError | Pong | Hello, Field(discriminator="type")]
 _SERVER: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
 
 

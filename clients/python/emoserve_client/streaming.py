@@ -3,6 +3,11 @@
 The server keeps only the newest pending frame, so frames sent faster than it processes are
 dropped (reported in `dropped_since_last`); the last frame is never dropped, and the iterator ends
 with its result (or its error).
+
+The server's first message (`hello`) says the size it analyses frames at. BGR arrays larger than that
+are downscaled before JPEG encoding (`max_side`: None = the server's size, 0 = never), and the boxes,
+landmarks and heat-map affines of their results are mapped back, so results are always in the
+coordinates of the frames passed in. Encoded frames (bytes, paths) are sent as they are.
 """
 
 from __future__ import annotations
@@ -18,8 +23,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from emoserve_client.errors import StreamClosed
-from emoserve_client.inputs import ImageLike, encode
+from emoserve_client.inputs import ImageLike, encode, shrink
 from emoserve_client.models import StreamError, StreamResult, parse_server_message
+from emoserve_client.schema import Hello
+
+HELLO_TIMEOUT_S = 10.0
+DEFAULT_QUALITY = 80
 
 Frames = Iterable[ImageLike] | AsyncIterable[ImageLike]
 ErrorHook = Callable[[StreamError], None]
@@ -39,6 +48,48 @@ def key_headers(api_key: str | None) -> dict[str, str]:
 def config_message(config: dict[str, Any] | None) -> str | None:
     body = {k: v for k, v in (config or {}).items() if v is not None}
     return json.dumps({"type": "config", **body}) if body else None
+
+
+class Sizing:
+    """What each frame is sent at: the analysis size from `hello`, and the scale of every downscaled frame."""
+
+    def __init__(self, max_side: int | None, quality: int) -> None:
+        self.max_side = max_side
+        self.quality = quality
+        self.scales: dict[int, float] = {}
+
+    def hello(self, raw: str | bytes) -> bool:
+        """Take the server's `hello` (True), or say that `raw` is some other message (False)."""
+        message = parse_server_message(raw)
+        if not isinstance(message, Hello):
+            return False
+        if self.max_side is None:
+            self.max_side = message.analysis_size
+        return True
+
+    def encode(self, index: int, frame: ImageLike) -> bytes:
+        image, scale = shrink(frame, self.max_side or 0)
+        if scale != 1.0:
+            self.scales[index] = scale
+        return encode(image, self.quality)
+
+    def restore(self, result: StreamResult) -> StreamResult:
+        """`result` in the coordinates of the frame as it was passed in."""
+        scale = self.scales.pop(result.frame_id, 1.0) if isinstance(result.frame_id, int) else 1.0
+        for stale in [k for k in list(self.scales) if isinstance(result.frame_id, int) and k < result.frame_id]:
+            self.scales.pop(stale, None)  # dropped frames never get a result
+        if scale == 1.0:
+            return result
+        k = 1.0 / scale
+        faces = []
+        for face in result.faces:
+            box = face.box.model_copy(update={n: getattr(face.box, n) * k for n in ("x1", "y1", "x2", "y2")})
+            marks = [[x * k, y * k] for x, y in face.landmarks] if face.landmarks else face.landmarks
+            ex = face.explanation
+            if ex is not None:
+                ex = ex.model_copy(update={"affine": [[v * k for v in row] for row in ex.affine]})
+            faces.append(face.model_copy(update={"box": box, "landmarks": marks, "explanation": ex}))
+        return result.model_copy(update={"faces": faces})
 
 
 def _closed(exc: Exception) -> StreamClosed:
@@ -69,11 +120,14 @@ async def astream(
     fps: float | None = None,
     on_error: ErrorHook | None = None,
     final_timeout_s: float = 30.0,
+    max_side: int | None = None,
+    quality: int = DEFAULT_QUALITY,
 ) -> AsyncIterator[StreamResult]:
     """Send `frames` (paths, bytes or BGR arrays; frame ids 0, 1, ...) and yield the results.
 
     `fps` paces sending (None = as fast as the socket takes them). Errors for single frames go
-    to `on_error`; a close by the server other than 1000 raises `StreamClosed`.
+    to `on_error`; a close by the server other than 1000 raises `StreamClosed`. `max_side` and
+    `quality`: how arrays are sent (see the module docstring).
     """
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
@@ -82,15 +136,25 @@ async def astream(
     async with connect(
         stream_url(base_url), additional_headers=key_headers(api_key), compression=None, max_size=None
     ) as ws:
-        if (hello := config_message(config)) is not None:
-            await ws.send(hello)
+        sizing = Sizing(max_side, quality)
+        early: list[str | bytes] = []
+        try:
+            first = await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT_S)
+            if not sizing.hello(first):
+                early.append(first)
+        except TimeoutError:
+            pass  # a server without `hello`: frames go as they are
+        except ConnectionClosed as exc:
+            raise _closed(exc) from None
+        if (message := config_message(config)) is not None:
+            await ws.send(message)
 
         async def send_all() -> None:
             start, i = time.perf_counter(), -1
             async for i, frame in _aenumerate(_aiter_frames(frames)):
                 if fps:
                     await asyncio.sleep(max(0.0, start + i / fps - time.perf_counter()))
-                data = await asyncio.to_thread(encode, frame)
+                data = await asyncio.to_thread(sizing.encode, i, frame)
                 await ws.send(json.dumps({"type": "frame", "id": i, "ts": time.time()}))
                 await ws.send(data)
             last_id.append(i)
@@ -109,7 +173,7 @@ async def astream(
                     if time.monotonic() > deadline:
                         return
                 try:
-                    raw = await asyncio.wait_for(ws.recv(), 0.2)
+                    raw = early.pop() if early else await asyncio.wait_for(ws.recv(), 0.2)
                 except TimeoutError:
                     continue
                 except ConnectionClosed as exc:
@@ -118,7 +182,7 @@ async def astream(
                     raise _closed(exc) from None
                 result, max_seen = _handle(raw, on_error, max_seen)
                 if result is not None:
-                    yield result
+                    yield sizing.restore(result)
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -141,6 +205,8 @@ def stream_sync(
     fps: float | None = None,
     on_error: ErrorHook | None = None,
     final_timeout_s: float = 30.0,
+    max_side: int | None = None,
+    quality: int = DEFAULT_QUALITY,
 ) -> Iterator[StreamResult]:
     """The blocking twin of `astream` (websockets' sync client; frames are sent from a thread)."""
     from websockets.exceptions import ConnectionClosed
@@ -148,8 +214,18 @@ def stream_sync(
 
     done: queue.Queue[int | BaseException] = queue.Queue()
     with connect(stream_url(base_url), additional_headers=key_headers(api_key), compression=None, max_size=None) as ws:
-        if (hello := config_message(config)) is not None:
-            ws.send(hello)
+        sizing = Sizing(max_side, quality)
+        early: list[str | bytes] = []
+        try:
+            first = ws.recv(timeout=HELLO_TIMEOUT_S)
+            if not sizing.hello(first):
+                early.append(first)
+        except TimeoutError:
+            pass  # a server without `hello`: frames go as they are
+        except ConnectionClosed as exc:
+            raise _closed(exc) from None
+        if (message := config_message(config)) is not None:
+            ws.send(message)
 
         def send_all() -> None:
             start, i = time.perf_counter(), -1
@@ -157,7 +233,7 @@ def stream_sync(
                 for i, frame in enumerate(frames):
                     if fps:
                         time.sleep(max(0.0, start + i / fps - time.perf_counter()))
-                    data = encode(frame)
+                    data = sizing.encode(i, frame)
                     ws.send(json.dumps({"type": "frame", "id": i, "ts": time.time()}))
                     ws.send(data)
                 done.put(i)
@@ -177,7 +253,7 @@ def stream_sync(
             if last is not None and (max_seen >= last or time.monotonic() > deadline):
                 return
             try:
-                raw = ws.recv(timeout=0.2)
+                raw = early.pop() if early else ws.recv(timeout=0.2)
             except TimeoutError:
                 continue
             except ConnectionClosed as exc:
@@ -186,7 +262,7 @@ def stream_sync(
                 raise _closed(exc) from None
             result, max_seen = _handle(raw, on_error, max_seen)
             if result is not None:
-                yield result
+                yield sizing.restore(result)
 
 
 def _handle(
