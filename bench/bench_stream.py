@@ -9,7 +9,8 @@ the shipped emotion-ferplus8, else the tiny test classifier).
 - **Paced** (`--paced`, needs ../shared): woman2.mp4 at 30 fps and walkway_1080p.mp4 at 25 fps sent at
   their own pace, as a camera does: frames processed, dropped, errors (they must add up to the
   frames sent), round-trip p50/p95, and the track ids given out, against a reference run that
-  analyses every frame (lockstep, reuse off).
+  analyses every frame (lockstep, reuse off, full frames); each clip as recorded and downscaled to
+  the server's analysis size, as the SDK sends it after the server's `hello` (`--send-sizes`).
 Each table row is measured with reuse on and off (`{"type": "config", "reuse": ...}`) against the
 same server in the same run; the ratio is the comparison.
 """
@@ -79,14 +80,18 @@ async def run_level(
 CLIPS = {"woman2": ("woman2.mp4", 30.0), "walkway": ("multiface/walkway_1080p.mp4", 25.0)}
 
 
-def clip_frames(name: str) -> list[bytes]:
-    """Every frame of a shared clip at its own size, JPEG quality 80."""
+def clip_frames(name: str, max_side: int = 0) -> list[bytes]:
+    """Every frame of a shared clip, JPEG quality 80: at its own size, or downscaled to `max_side` as the SDK
+    does for a server whose `hello` says that analysis size."""
     cap = cv2.VideoCapture(str(REPO.parent / "shared" / "media" / "videos" / CLIPS[name][0]))
     out: list[bytes] = []
     while True:
         ok, img = cap.read()
         if not ok:
             return out
+        if max_side and max(img.shape[:2]) > max_side:
+            k = max_side / max(img.shape[:2])
+            img = cv2.resize(img, (round(img.shape[1] * k), round(img.shape[0] * k)), interpolation=cv2.INTER_AREA)
         out.append(bytes(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])[1]))
 
 
@@ -134,18 +139,21 @@ async def paced(url: str, frames: list[bytes], fps: float, reuse: bool, lockstep
             "p95": float(np.percentile(rtt, 95)), "tracks": len(tracks)}  # fmt: skip
 
 
-def paced_tables(url: str, modes: list[bool]) -> None:
-    print(f"{'clip':>8} | {'reuse':>5} | {'sent':>4} | {'processed':>9} | {'dropped':>7} | {'errors':>6} | "
-          f"{'exact':>5} | {'fps':>5} | {'p50 ms':>7} | {'p95 ms':>7} | {'track ids':>9} | {'ref ids':>7}")  # fmt: skip
-    print("-" * 112)
+def paced_tables(url: str, modes: list[bool], sizes: list[int]) -> None:
+    print(f"{'clip':>8} | {'sent px':>7} | {'reuse':>5} | {'sent':>4} | {'processed':>9} | {'dropped':>7} | "
+          f"{'errors':>6} | {'exact':>5} | {'fps':>5} | {'p50 ms':>7} | {'p95 ms':>7} | {'track ids':>9} | "
+          f"{'ref ids':>7}")  # fmt: skip
+    print("-" * 122)
     for name, (_, fps) in CLIPS.items():
-        frames = clip_frames(name)
-        reference = asyncio.run(paced(url, frames, fps, reuse=False, lockstep=True))
-        for reuse in modes:
-            r = asyncio.run(paced(url, frames, fps, reuse))
-            print(f"{name:>8} | {'on' if reuse else 'off':>5} | {r['sent']:>4} | {r['processed']:>9} | "
-                  f"{r['dropped']:>7} | {r['errors']:>6} | {'yes' if r['accounted'] else 'NO':>5} | {r['fps']:>5.1f} | "
-                  f"{r['p50']:>7.1f} | {r['p95']:>7.1f} | {r['tracks']:>9} | {reference['tracks']:>7}")  # fmt: skip
+        reference = asyncio.run(paced(url, clip_frames(name), fps, reuse=False, lockstep=True))
+        for size in sizes:
+            frames = clip_frames(name, size)
+            for reuse in modes:
+                r = asyncio.run(paced(url, frames, fps, reuse))
+                print(f"{name:>8} | {size or 'full':>7} | {'on' if reuse else 'off':>5} | {r['sent']:>4} | "
+                      f"{r['processed']:>9} | {r['dropped']:>7} | {r['errors']:>6} | "
+                      f"{'yes' if r['accounted'] else 'NO':>5} | {r['fps']:>5.1f} | {r['p50']:>7.1f} | "
+                      f"{r['p95']:>7.1f} | {r['tracks']:>9} | {reference['tracks']:>7}")  # fmt: skip
 
 
 def start_server(stack: ExitStack, classifier: str = "emotion-ferplus8@production") -> str:
@@ -187,6 +195,9 @@ def main() -> None:
     )
     parser.add_argument("--reuse", choices=["on", "off", "both"], default="both", help="reuse across frames")
     parser.add_argument("--paced", action="store_true", help="also the paced runs of the shared clips")
+    parser.add_argument(
+        "--send-sizes", default="0,640", help="paced frames' longest side: 0 = as recorded, 640 = the hello's size"
+    )
     args = parser.parse_args()
     modes = {"on": [True], "off": [False], "both": [False, True]}[args.reuse]
     frames = make_frames()
@@ -202,7 +213,7 @@ def main() -> None:
                 on = "on" if reuse else "off"
                 print(f"{n:>7} | {on:>5} | {fps:>10.1f} | {fps * n:>9.1f} | {p50:>7.1f} | {p95:>7.1f}")
         if args.paced:
-            paced_tables(url, modes)
+            paced_tables(url, modes, [int(s) for s in args.send_sizes.split(",")])
 
 
 if __name__ == "__main__":
