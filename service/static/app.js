@@ -47,7 +47,7 @@ function connect() {
   ws.onopen = () => {
     const key = apiKey();
     if (key) ws.send(JSON.stringify({ type: "auth", api_key: key }));
-    setStatus("streaming"); inFlight = 0; sendConfig();
+    setStatus("streaming"); inFlight = 0; state.analysisSize = 0; sendConfig();
   };
   ws.onmessage = (event) => onMessage(JSON.parse(event.data));
   ws.onclose = (event) => {
@@ -164,7 +164,8 @@ function draw() {
 
 function capture() {
   const w = video.videoWidth, h = video.videoHeight;
-  if (!w || !h || !ws || ws.readyState !== WebSocket.OPEN || inFlight > 0) return;
+  // no frame before the server's hello: a size that changed mid-stream would move every box at once
+  if (!w || !h || !ws || ws.readyState !== WebSocket.OPEN || inFlight > 0 || !state.analysisSize) return;
   const side = state.analysisSize, s = side && Math.max(w, h) > side ? side / Math.max(w, h) : 1;
   grab.width = Math.round(w * s); grab.height = Math.round(h * s);
   grabCtx.drawImage(video, 0, 0, grab.width, grab.height);
