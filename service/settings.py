@@ -55,6 +55,13 @@ class Settings(BaseSettings):
 
     # -- pipeline ------------------------------------------------------------------------------
     detector_max_side: int = Field(640, ge=64, le=8192, description="Longest side of the image the detector sees.")
+    decode_min_side: int = Field(
+        1280,
+        ge=0,
+        le=65536,
+        description="A JPEG whose longest side is at least twice this is decoded at 1/2, 1/4 or 1/8 scale "
+        "(libjpeg's DCT scaling), never below this side; results stay in the image's own pixels (0 = always full).",
+    )
     detector_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="Face score threshold (default: the detector manifest's)."
     )

@@ -97,6 +97,15 @@ def test_exif_orientation_is_applied() -> None:
     assert decode_image(plain).shape == (40, 80, 3)
 
 
+def test_exif_orientation_holds_when_a_large_jpeg_is_decoded_smaller() -> None:
+    from service.pipeline.decode import decode_scaled
+
+    plain = _encode(".jpg", _half_white(400, 800))
+    image, scale, size = decode_scaled(_with_exif_orientation(plain, 6), min_side=300)  # 1/2: 1/4 is under 300
+    assert image.shape == (400, 200, 3) and size == (400, 800) and scale == 0.5
+    assert image[20, 100].mean() > 200 and image[380, 100].mean() < 50  # rotated as the full decode is
+
+
 def test_grayscale_becomes_three_channels() -> None:
     grey = np.tile(np.arange(0, 250, 5, dtype=np.uint8), (30, 1))
     for ext in (".png", ".jpg"):

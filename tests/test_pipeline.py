@@ -294,3 +294,44 @@ def test_batching_is_read_per_model_from_the_manifest(store: ModelStore, tmp_pat
     finally:
         hinted.close()
         default.close()
+
+
+def test_a_large_jpeg_is_decoded_smaller_and_answered_in_its_own_pixels() -> None:
+    from service.pipeline.decode import decode_scaled, reduction
+
+    img = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (1950, 2601, 3)).astype(np.uint8), (0, 0), 3)
+    data = bytes(cv2.imencode(".jpg", img)[1].tobytes())
+    small, scale, size = decode_scaled(data, 40_000_000, 1280)
+    assert small.shape == (975, 1301, 3) and scale == pytest.approx(1301 / 2601)  # 1/2: 1/4 would go under 1280
+    assert size == (2601, 1950)
+    whole, one, size = decode_scaled(data, 40_000_000, 0)
+    assert whole.shape == (1950, 2601, 3) and one == 1.0 and size == (2601, 1950)
+    assert (
+        reduction((4000, 3000), 1280) == 2 and reduction((8000, 6000), 640) == 8 and reduction((1920, 1080), 1280) == 1
+    )
+    png = bytes(cv2.imencode(".png", img[:1400, :2700])[1].tobytes())
+    assert decode_scaled(png, 40_000_000, 640).scale == 1.0  # only JPEG has DCT scaling
+
+
+def test_a_reduced_decode_finds_the_same_faces_in_the_same_pixels(store: ModelStore, tmp_path: Path) -> None:
+    det = publish_test_detector(store, tmp_path)
+    clf = publish_tiny_classifier(store, tmp_path)
+    rng = np.random.default_rng(3)
+    img = np.clip(rng.normal(180, 20, (1950, 2601, 3)), 0, 255).astype(np.uint8)
+    data = bytes(cv2.imencode(".jpg", cv2.GaussianBlur(img, (0, 0), 3))[1].tobytes())
+    results = []
+    for side in (0, 1280):  # whole, then at half scale
+        pipe = Pipeline.load(_settings(tmp_path, decode_min_side=side), store=store, detector_ref=det.ref,
+                             classifier_ref=clf.ref)  # fmt: skip
+        try:
+            results.append(pipe.analyze_sync(data))
+        finally:
+            pipe.close()
+    whole, reduced = results
+    assert (reduced.image.width, reduced.image.height) == (whole.image.width, whole.image.height) == (2601, 1950)
+    assert len(whole.faces) == len(reduced.faces) == 1
+    a, b = whole.faces[0], reduced.faces[0]
+    for k in ("x1", "y1", "x2", "y2"):
+        assert abs(getattr(a.box, k) - getattr(b.box, k)) <= 4, (a.box, b.box)
+    assert a.landmarks is not None and b.landmarks is not None
+    assert np.abs(np.asarray(a.landmarks) - np.asarray(b.landmarks)).max() <= 4

@@ -13,7 +13,7 @@ import numpy as np
 from model_store import ModelNotFound, ModelStore, ResolvedModel
 from service.errors import ExplanationUnavailable, InvalidImage
 from service.pipeline.classifier import EmotionClassifier, Scores
-from service.pipeline.decode import decode_image
+from service.pipeline.decode import Decoded, decode_scaled
 from service.pipeline.detectors import DetectedFace, FaceDetector, create_detector
 from service.pipeline.explain import explanation
 from service.pipeline.schema import (
@@ -54,8 +54,8 @@ NO_CLASSIFIER_HINT = (
 @dataclass
 class _Prepared:
     size: tuple[int, int]  # (width, height); the decoded image itself is not kept while faces wait for the classifier
-    faces: list[DetectedFace]
-    matrices: list[np.ndarray]  # each face's alignment, image -> crop
+    faces: list[DetectedFace]  # in the image's own pixels, even when it was decoded at a reduced scale
+    matrices: list[np.ndarray]  # each face's alignment, image -> crop (image pixels, as the faces)
     batch: np.ndarray
     decode_s: float
     detect_s: float
@@ -117,26 +117,30 @@ class Pipeline:
     # -- analysis ----------------------------------------------------------------------------
     def _prepare(self, image: ImageInput, opts: AnalyzeOptions) -> _Prepared:
         t0 = time.perf_counter()
-        bgr = self._decode(image)
+        bgr, scale, size = self._decode(image)
         t1 = time.perf_counter()
-        faces = self._detect(bgr, opts)
+        faces = self._detect(bgr, opts, scale)
         t2 = time.perf_counter()
         pre = self.classifier.preprocessor
         matrices = [pre.matrix(f.box, f.landmarks) for f in faces]
-        batch = pre.normalize([pre.warp(bgr, m) for m in matrices])
+        batch = pre.normalize([pre.warp(bgr, on_decoded(m, scale)) for m in matrices])
         t3 = time.perf_counter()
-        return _Prepared((bgr.shape[1], bgr.shape[0]), faces, matrices, batch, t1 - t0, t2 - t1, t3 - t2)
+        return _Prepared(size, faces, matrices, batch, t1 - t0, t2 - t1, t3 - t2)
 
-    def _decode(self, image: ImageInput) -> np.ndarray:
+    def _decode(self, image: ImageInput) -> Decoded:
+        """The image, its scale against the full image (< 1 for a large JPEG decoded smaller) and the full size."""
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise InvalidImage(f"an image array must be BGR uint8 (H, W, 3), got {image.dtype} {image.shape}")
-            return image
-        return decode_image(image, self.settings.max_image_pixels)
+            return Decoded(image, 1.0, (image.shape[1], image.shape[0]))
+        return decode_scaled(image, self.settings.max_image_pixels, self.settings.decode_min_side)
 
-    def _detect(self, bgr: np.ndarray, opts: AnalyzeOptions) -> list[DetectedFace]:
+    def _detect(self, bgr: np.ndarray, opts: AnalyzeOptions, scale: float = 1.0) -> list[DetectedFace]:
+        """The faces to classify, in the full image's pixels (`bgr` is that image at `scale`)."""
         threshold = opts.threshold if opts.threshold is not None else self.settings.detector_threshold
         found = self.detector.detect(bgr, threshold)  # resizes to detector_max_side, maps boxes back
+        if scale != 1.0:
+            found = [rescaled(f, 1.0 / scale) for f in found]
         min_size = opts.min_face_size if opts.min_face_size is not None else self.settings.min_face_size
         ceiling = self.settings.max_faces  # a client may ask for fewer faces, never for more
         max_faces = min(opts.max_faces, ceiling) if opts.max_faces is not None else ceiling
@@ -251,15 +255,15 @@ class Pipeline:
     ) -> tuple[_Prepared, list[np.ndarray | None], list[TrackedFace | None]]:
         """Decode, detect or follow, align; the thumbnails of the faces to classify (None: reused)."""
         t0 = time.perf_counter()
-        bgr = self._decode(image)
+        bgr, decoded, size = self._decode(image)
         t1 = time.perf_counter()
         grey, scale = grey_for_flow(bgr)
         followed = None
         due = not state.faces or state.since_detect + 1 >= policy.detect_every
-        if not due and state.grey is not None and state.grey.shape == grey.shape:
-            followed = follow(state.grey, grey, scale, [t.face for t in state.faces])
+        if not due and state.grey is not None and state.grey.shape == grey.shape:  # faces in full-image pixels
+            followed = follow(state.grey, grey, scale * decoded, [t.face for t in state.faces])
         if followed is None:
-            faces, state.since_detect = self._detect(bgr, opts), 0
+            faces, state.since_detect = self._detect(bgr, opts, decoded), 0
             before = match_previous(state, faces)
         else:
             faces, before = followed, list(state.faces)
@@ -268,13 +272,12 @@ class Pipeline:
         t2 = time.perf_counter()
         pre = self.classifier.preprocessor
         matrices = [pre.matrix(f.box, f.landmarks) for f in faces]
-        crops = [pre.warp(bgr, m) for m in matrices]
+        crops = [pre.warp(bgr, on_decoded(m, decoded)) for m in matrices]
         thumbs = [thumbnail(c) for c in crops]
         now = time.perf_counter()
         fresh = [t if needs_classifying(policy, b, t, now) else None for t, b in zip(thumbs, before, strict=True)]
         batch = self.classifier.preprocessor.normalize([c for c, f in zip(crops, fresh, strict=True) if f is not None])
         t3 = time.perf_counter()
-        size = (bgr.shape[1], bgr.shape[0])
         return _Prepared(size, faces, matrices, batch, t1 - t0, t2 - t1, t3 - t2), fresh, before
 
     def analyze_sync(self, image: ImageInput, options: OptionsInput = None) -> AnalysisResult:
@@ -300,6 +303,22 @@ class Pipeline:
         self._closed = True
         if self.pool is not None:
             self.pool.close()
+
+
+def rescaled(face: DetectedFace, k: float) -> DetectedFace:
+    """`face` with its box and landmarks multiplied by `k`."""
+    box = (face.box[0] * k, face.box[1] * k, face.box[2] * k, face.box[3] * k)
+    marks = None if face.landmarks is None else np.asarray(face.landmarks, np.float32) * np.float32(k)
+    return DetectedFace(box=box, score=face.score, landmarks=marks)
+
+
+def on_decoded(image_to_crop: np.ndarray, scale: float) -> np.ndarray:
+    """A crop's alignment (full-image pixels -> crop) for the image decoded at `scale`: the same crop."""
+    if scale == 1.0:
+        return image_to_crop
+    m = np.array(image_to_crop, np.float32)
+    m[:, :2] /= np.float32(scale)
+    return m
 
 
 def select_faces(found: list[DetectedFace], min_size: float, max_faces: int) -> list[DetectedFace]:
