@@ -26,6 +26,7 @@ FROM ${PYTHON_IMAGE} AS wheel
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY emoserve_cli/ emoserve_cli/
 COPY service/ service/
 COPY model_store/ model_store/
 COPY training/ training/

@@ -129,6 +129,9 @@ def test_bad_options_are_422(server: Server) -> None:
         r = c.post("/v1/analyze?explain=true", content=jpeg(), headers={"content-type": "image/jpeg"})
         assert r.status_code == 422 and r.json()["error"]["code"] == "explanation_unavailable", r.text
         assert "tiny-emotion@1" in r.json()["error"]["message"]
+        files = [("images", ("a.jpg", jpeg(1), "image/jpeg")), ("images", ("b.jpg", jpeg(2), "image/jpeg"))]
+        r = c.post("/v1/analyze/batch?explain=true", files=files)  # refused once, before any image is analysed
+        assert r.status_code == 422 and r.json()["error"]["code"] == "explanation_unavailable", r.text
 
 
 def test_pixel_limit_is_413(model_root: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,6 +146,12 @@ def test_sizing_downscales_arrays_and_maps_results_back() -> None:
     assert back.landmarks == [[120.0, 100.0]] * 5
     assert back.explanation is not None and back.explanation.affine == [[4.0, 0.0, 80.0], [0.0, 4.0, 60.0]]
     assert sizing.restore(result.model_copy(update={"frame_id": 1})).faces[0].box == result.faces[0].box
+    # a newer server's message types and fields are skipped, not errors
+    from emoserve_client.streaming import _handle
+
+    assert _handle('{"type": "future", "x": 1}', None, 5, sizing) == (None, 5)
+    extra = result.model_dump(mode="json") | {"new_field": 1}
+    assert _handle(json.dumps(extra), None, -1, sizing)[1] == 0
 
 
 @pytest.mark.parametrize("max_side", [None, 0])

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,17 @@ def test_dockerfile_structure() -> None:
     # the build context: deploy/mirror must reach the `mirror` stage, the virtualenv must not
     ignore = (REPO / ".dockerignore").read_text().splitlines()
     assert "**" in ignore and "!deploy/mirror/" in ignore and "!service/" in ignore
+    # every package the wheel is built from reaches the context and the wheel stage (the entry point's too)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    folders = {"emoserve_client": "clients/"}
+    wheel = " ".join(stages["wheel"])
+    for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]:
+        package = pattern.rstrip("*")
+        folder = folders.get(package, f"{package}/")
+        assert f"!{folder}" in ignore, f".dockerignore keeps {folder} out of the build context"
+        assert f"COPY {folder} {folder}" in wheel, f"the wheel stage does not copy {folder}"
+    entry = project["project"]["scripts"]["emoserve"].split(":")[0]
+    assert f"{entry}*" in project["tool"]["setuptools"]["packages"]["find"]["include"]
 
 
 # -- docker-compose.yml --------------------------------------------------------------------------

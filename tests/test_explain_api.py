@@ -137,18 +137,18 @@ def test_served_maps_agree_with_torch_gradcam(tmp_path: Path) -> None:
     model = ModelStore(tmp_path).get(CLASSIFIER)
     assert model.manifest.explain is not None and model.manifest.explain.flip_averaged
     pool = SessionPool(settings)
-    classifier = EmotionClassifier(model, pool.load(model), settings)
-    net, _ = torch_model_from_store(CLASSIFIER, tmp_path)
-    rng = np.random.default_rng(7)
-    crops = []
-    for i in range(6):  # smooth random "faces" with a bright band at a different height each
-        img = cv2.GaussianBlur(rng.integers(0, 255, (96, 96, 3)).astype(np.uint8), (0, 0), 3)
-        img[10 + 12 * i : 22 + 12 * i] = 230
-        crops.append(img)
-    batch = classifier.preprocessor.normalize(crops)
-    scores = classifier.run(batch)
-    assert scores.cams is not None
     try:
+        classifier = EmotionClassifier(model, pool.load(model), settings)
+        net, _ = torch_model_from_store(CLASSIFIER, tmp_path)
+        rng = np.random.default_rng(7)
+        crops = []
+        for i in range(6):  # smooth random "faces" with a bright band at a different height each
+            img = cv2.GaussianBlur(rng.integers(0, 255, (96, 96, 3)).astype(np.uint8), (0, 0), 3)
+            img[10 + 12 * i : 22 + 12 * i] = 230
+            crops.append(img)
+        batch = classifier.preprocessor.normalize(crops)
+        scores = classifier.run(batch)
+        assert scores.cams is not None
         for i in range(len(crops)):
             label = int(np.argmax(scores.probs[i]))
             served = heat_grid(scores.cams[i, label])

@@ -21,7 +21,15 @@ from tests.api_server import Server, run_server
 from tests.helpers.tiny_models import publish_test_models, publish_tiny_classifier, tiny_models_env
 
 RESULT_KEYS = {"type", "frame_id", "ts", "latency_ms", "faces", "dropped_since_last"}
-FACE_KEYS = {"track_id", "box", "score", "landmarks", "emotion", "classified", "emotion_age", "explanation"}
+FACE_KEYS = {
+    "track_id",
+    "box",
+    "score",
+    "landmarks",
+    "emotion",
+    "classified",
+    "emotion_age",
+}  # + explanation with `explain`
 EMOTION_KEYS = {"label", "confidence", "scores", "smoothed_scores"}
 
 
@@ -58,6 +66,22 @@ async def recv_json(ws: ClientConnection, timeout: float = 10.0) -> dict[str, An
     while (message := dict(json.loads(await asyncio.wait_for(ws.recv(), timeout))))["type"] == "hello":
         pass
     return message
+
+
+def test_explain_without_maps_is_refused_once_at_config(server: Server) -> None:
+    """The tiny classifier has no `cam` output: the config asking for maps gets one error and changes nothing."""
+
+    async def go() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with connect(ws_url(server), compression=None) as ws:
+            await ws.send(json.dumps({"type": "config", "explain": True}))
+            refused = await recv_json(ws)
+            await ws.send(frame(0))
+            return refused, await recv_json(ws)
+
+    refused, answer = run(go())
+    assert refused["type"] == "error" and refused["code"] == "explanation_unavailable" and refused["frame_id"] is None
+    assert "tiny-emotion" in refused["message"]
+    assert answer["type"] == "result" and "explanation" not in answer["faces"][0]  # the frame itself is fine
 
 
 def test_hello_comes_first_with_the_analysis_size_and_limits(server: Server) -> None:

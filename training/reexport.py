@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from model_store import Manifest, ModelStore
+from model_store.tensors import normalize
 from training.export import OUTPUT_NAME, PARITY_ATOL, ParityError, cam_spec, explain_card_section, export_onnx
 from training.models.cam import CAM_OUTPUT, CamNet
 from training.onnx_init import resolve_source, torch_model_from_store
@@ -39,10 +39,8 @@ def add_cam(
     graph = CamNet(model, flip).eval()  # CamUnsupported for a network without global pooling and a linear head
     c, h, w = (int(v) for v in model.default_cfg["input_size"])  # type: ignore[index]
     size = (c, h, w)
-    x = torch.rand(32, *size, generator=torch.Generator().manual_seed(0)).numpy()
-    x = (x - np.asarray(manifest.input.mean, np.float32)[:, None, None]) / np.asarray(manifest.input.std, np.float32)[
-        :, None, None
-    ]
+    pixels = np.random.default_rng(0).integers(0, 256, (32, size[1], size[2], size[0]), dtype=np.uint8)
+    x = normalize(pixels, manifest.input)  # random images fed as the service feeds them
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(graph, Path(tmp) / "model.onnx", size, outputs=(OUTPUT_NAME, CAM_OUTPUT))
         diff = float(np.abs(ort_run(path, x) - ort_run(old_path, x)).max())
@@ -53,10 +51,10 @@ def add_cam(
         draft = manifest.model_dump(mode="json", exclude={"version", "files", "created", "schema_version"})
         draft["outputs"] = [o for o in draft["outputs"] if o["name"] != CAM_OUTPUT] + [spec["output"]]
         draft["explain"] = spec["explain"]
-        draft["provenance"]["notes"] = (
-            f"{manifest.name}@{manifest.version} re-exported with a class-activation-map output `{CAM_OUTPUT}`: "
-            f"the same weights, logits within {diff:.1e}"
-        )
+        note = (f"{manifest.name}@{manifest.version} re-exported with a class-activation-map output `{CAM_OUTPUT}`: "
+                f"the same weights, logits within {diff:.1e}")  # fmt: skip
+        earlier = draft["provenance"].get("notes")
+        draft["provenance"]["notes"] = f"{earlier}; {note}" if earlier else note
         card_path = old_path.parent / "MODEL_CARD.md"
         card = card_path.read_text(encoding="utf-8") if card_path.is_file() else f"# {manifest.name}\n"
         card = card.rstrip() + f"\n\nRe-exported from version {manifest.version} with the same weights.\n"

@@ -4,6 +4,7 @@ and by tests/test_sdk_standalone.py with the server's packages blocked."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import emoserve_client
@@ -39,7 +40,7 @@ def main() -> None:
     assert message.type == "pong"
     assert StreamConfig(explain=True).model_dump(exclude_none=True) == {"type": "config", "explain": True}
     Client("http://127.0.0.1:9").close()
-    AsyncClient("http://127.0.0.1:9")
+    asyncio.run(AsyncClient("http://127.0.0.1:9").aclose())
     print(f"emoserve_client from {emoserve_client.__file__}: ok")
 
 

@@ -12,7 +12,7 @@ from service.api.deps import Caller, Plane
 from service.api.inputs import read_images
 from service.errors import ImageTooLarge, InvalidImage, error_body
 from service.pipeline.annotate import annotate_jpeg
-from service.pipeline.schema import AnalysisResult, parse_options
+from service.pipeline.schema import AnalysisResult
 from service.serving.dataplane import Answer
 
 router = APIRouter(prefix="/v1", tags=["analyze"])
@@ -97,7 +97,7 @@ async def analyze(request: Request, plane: Plane, _: Caller) -> JSONResponse:
 )
 async def analyze_batch(request: Request, plane: Plane, _: Caller) -> JSONResponse:
     req = await read_images(request, field="images", many=True, max_images=plane.settings.batch_limit)
-    parse_options(req.options)  # invalid options fail the whole request (422)
+    await plane.check(req.options)  # invalid options, or options the model cannot serve, fail the whole request
 
     async def slot(data: bytes | InvalidImage) -> Answer:
         try:

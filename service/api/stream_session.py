@@ -26,6 +26,7 @@ from service.api.deps import header_key
 from service.api.stream_slot import FrameSlot, PendingFrame
 from service.errors import (
     EmoserveError,
+    ExplanationUnavailable,
     Forbidden,
     ImageTooLarge,
     InvalidImage,
@@ -218,6 +219,12 @@ class StreamSession:
             await self._send(StreamError(code=spec_for(exc).code, message=str(exc)))
             return
         if isinstance(message, StreamConfig):
+            if message.explain:  # refused once here, not on every frame: the config stays as it was
+                try:
+                    await self.plane.check({"explain": True})
+                except ExplanationUnavailable as exc:
+                    await self._send(StreamError(code=spec_for(exc).code, message=str(exc)))
+                    return
             self.config = self.config.merged(message)
             self.policy = self._policy()
             self.tracker.set_smoothing(self.config.smoothing)

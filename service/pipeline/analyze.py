@@ -146,7 +146,7 @@ class Pipeline:
         max_faces = min(opts.max_faces, ceiling) if opts.max_faces is not None else ceiling
         return select_faces(found, min_size, max_faces)
 
-    def _check(self, opts: AnalyzeOptions) -> AnalyzeOptions:
+    def check(self, opts: AnalyzeOptions) -> AnalyzeOptions:
         """The options, refused when they ask for what the served models cannot give."""
         if opts.explain and not self.classifier.can_explain:
             raise ExplanationUnavailable(
@@ -207,7 +207,7 @@ class Pipeline:
     async def analyze(self, image: ImageInput, options: OptionsInput = None) -> AnalysisResult:
         """Analyze encoded image bytes or a BGR uint8 array. Decode/detect/align run in a thread."""
         t0 = time.perf_counter()
-        opts = self._check(parse_options(options))
+        opts = self.check(parse_options(options))
         prep = await asyncio.to_thread(self._prepare, image, opts)
         timed = await self.classifier.classify(prep.batch)
         return self._result(prep, timed.result, opts, timed.queue_s, timed.run_s, t0)
@@ -222,7 +222,7 @@ class Pipeline:
             result = await self.analyze(image, options)
             return result, [FaceReuse(True, 0) for _ in result.faces]
         t0 = time.perf_counter()
-        opts = self._check(parse_options(options))
+        opts = self.check(parse_options(options))
         if state.owner is not self:  # probabilities of another classifier are not reused
             state.reset()
             state.owner = self
@@ -283,7 +283,7 @@ class Pipeline:
     def analyze_sync(self, image: ImageInput, options: OptionsInput = None) -> AnalysisResult:
         """Blocking analysis without the batcher (CLI, scripts); the same result as `analyze`."""
         t0 = time.perf_counter()
-        opts = self._check(parse_options(options))
+        opts = self.check(parse_options(options))
         prep = self._prepare(image, opts)
         t1 = time.perf_counter()
         scores = self.classifier.run(prep.batch)

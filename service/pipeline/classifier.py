@@ -58,7 +58,9 @@ class EmotionClassifier:
         if self.output_name not in session.output_names:
             self.output_name = session.output_names[0]
         explain = manifest.explain
-        self.cam_output = explain.output if explain and explain.output in session.output_names else None
+        if explain and explain.output not in session.output_names:
+            raise ValueError(f"{model.ref}: its manifest's explain output {explain.output!r} is not in the graph")
+        self.cam_output = explain.output if explain else None
         hints = manifest.serving or ServingHints()  # per model; the settings are defaults and ceilings
         delay = hints.max_delay_ms
         self.batcher: DynamicBatcher[np.ndarray, Scores] = DynamicBatcher(

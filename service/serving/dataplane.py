@@ -69,6 +69,12 @@ class DataPlane:
             except TimeoutError as exc:
                 raise RequestTimeout(f"{what} took longer than {timeout} s") from exc
 
+    async def check(self, options: AnalyzeOptions | Mapping[str, Any] | None) -> AnalyzeOptions:
+        """Options validated, and refused when the served models cannot do what they ask (e.g. explain)."""
+        opts = parse_options(options)
+        async with self.manager.use() as pipeline:
+            return pipeline.check(opts)
+
     async def analyze(self, image: bytes, options: AnalyzeOptions | Mapping[str, Any] | None) -> Answer:
         """One image, from the result cache when it can. A cached answer keeps its body but carries this
         request's timings: only `total`, the time spent hashing and looking it up."""

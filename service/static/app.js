@@ -59,17 +59,21 @@ function connect() {
 // A face of a downscaled frame, back in the video's pixels.
 function scaleFace(face, k) {
   if (k === 1) return face;
-  const b = face.box;
+  const b = face.box, ex = face.explanation;
   return { ...face, box: { x1: b.x1 * k, y1: b.y1 * k, x2: b.x2 * k, y2: b.y2 * k },
-    landmarks: face.landmarks && face.landmarks.map(([x, y]) => [x * k, y * k]) };
+    landmarks: face.landmarks && face.landmarks.map(([x, y]) => [x * k, y * k]),
+    explanation: ex && { ...ex, affine: ex.affine.map((row) => row.map((v) => v * k)) } };
 }
+
+// Frames up to `id` are answered or dropped: their scales go.
+function forgetSent(id) { for (const sent of [...sentScale.keys()]) if (sent <= id) sentScale.delete(sent); }
 
 function onMessage(msg) {
   if (msg.type === "hello") {  // the size the server analyses frames at: larger frames are sent downscaled
     state.analysisSize = msg.analysis_size;
   } else if (msg.type === "result") {
     const k = 1 / (sentScale.get(msg.frame_id) ?? 1);
-    for (const id of [...sentScale.keys()]) if (id <= msg.frame_id) sentScale.delete(id);  // dropped ones too
+    forgetSent(msg.frame_id);
     msg.faces = msg.faces.map((face) => scaleFace(face, k));
     inFlight = Math.max(0, inFlight - 1);
     state.results += 1;
@@ -86,6 +90,7 @@ function onMessage(msg) {
     showStats();
     showFaces(msg.faces);
   } else if (msg.type === "error") {
+    if (msg.frame_id !== null) forgetSent(msg.frame_id);
     inFlight = Math.max(0, inFlight - 1);
     state.errors += 1;
   }

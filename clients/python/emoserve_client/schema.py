@@ -10,7 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    model_serializer,
+)
 
 
 class OptionsError(ValueError):
@@ -22,7 +30,8 @@ class OptionsError(ValueError):
 
 
 class _Out(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # what the server sends: a field a newer server adds is skipped, not an error, so clients keep working
+    model_config = ConfigDict(extra="ignore")
 
 
 class ImageSize(_Out):
@@ -64,12 +73,23 @@ class Explanation(_Out):
     )
 
 
-class Face(_Out):
+class _Explained(BaseModel):
+    """A face whose `explanation` is left out of its JSON unless there is one (explain=true)."""
+
+    @model_serializer(mode="wrap")
+    def _drop_missing_explanation(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("explanation") is None:
+            data.pop("explanation", None)
+        return data
+
+
+class Face(_Out, _Explained):
     box: Box
     score: float
     landmarks: list[list[float]] | None = Field(None, description="5 [x, y] points, or null")
     emotion: Emotion
-    explanation: Explanation | None = Field(None, description="with explain=true: the face's heat map, else null")
+    explanation: Explanation | None = Field(None, description="with explain=true: the face's heat map (else absent)")
 
 
 class Timings(_Out):
@@ -168,7 +188,7 @@ class StreamEmotion(BaseModel):
     smoothed_scores: dict[str, float] = Field(description="the track's EMA of scores (= scores without tracking)")
 
 
-class StreamFace(BaseModel):
+class StreamFace(_Out, _Explained):
     track_id: int | None
     box: Box
     score: float
@@ -176,7 +196,7 @@ class StreamFace(BaseModel):
     emotion: StreamEmotion
     classified: bool = Field(True, description="the emotion was computed for this frame (false: carried over)")
     emotion_age: int = Field(0, description="processed frames since this face's emotion was computed")
-    explanation: Explanation | None = Field(None, description="with `explain`: the heat map of this frame's label")
+    explanation: Explanation | None = Field(None, description="with `explain`: the heat map of the frame's label")
 
 
 class StreamResult(BaseModel):

@@ -22,12 +22,14 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, It
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from pydantic import ValidationError
+
 from emoserve_client.errors import StreamClosed
 from emoserve_client.inputs import ImageLike, encode, shrink
 from emoserve_client.models import StreamError, StreamResult, parse_server_message
 from emoserve_client.schema import Hello
 
-HELLO_TIMEOUT_S = 10.0
+HELLO_TIMEOUT_S = 3.0  # a server without `hello` (older): frames go as they are after this wait
 DEFAULT_QUALITY = 80
 
 Frames = Iterable[ImageLike] | AsyncIterable[ImageLike]
@@ -56,11 +58,14 @@ class Sizing:
     def __init__(self, max_side: int | None, quality: int) -> None:
         self.max_side = max_side
         self.quality = quality
-        self.scales: dict[int, float] = {}
+        self.scales: dict[int, tuple[float, float]] = {}  # frame id -> (x, y) scale it was sent at
 
     def hello(self, raw: str | bytes) -> bool:
         """Take the server's `hello` (True), or say that `raw` is some other message (False)."""
-        message = parse_server_message(raw)
+        try:
+            message = parse_server_message(raw)
+        except ValidationError:  # a message type this SDK does not know
+            return False
         if not isinstance(message, Hello):
             return False
         if self.max_side is None:
@@ -69,25 +74,33 @@ class Sizing:
 
     def encode(self, index: int, frame: ImageLike) -> bytes:
         image, scale = shrink(frame, self.max_side or 0)
-        if scale != 1.0:
-            self.scales[index] = scale
+        if scale != 1.0:  # each side's own scale: the sizes are rounded
+            (h, w), (h2, w2) = getattr(frame, "shape", (0, 0))[:2], getattr(image, "shape", (0, 0))[:2]
+            self.scales[index] = (w2 / w, h2 / h)
         return encode(image, self.quality)
+
+    def forget(self, frame_id: int | str | None) -> None:
+        """Frame `frame_id` and the ones before it are answered (or dropped): their scales go."""
+        if isinstance(frame_id, int):
+            for sent in [k for k in list(self.scales) if k <= frame_id]:
+                self.scales.pop(sent, None)
 
     def restore(self, result: StreamResult) -> StreamResult:
         """`result` in the coordinates of the frame as it was passed in."""
-        scale = self.scales.pop(result.frame_id, 1.0) if isinstance(result.frame_id, int) else 1.0
-        for stale in [k for k in list(self.scales) if isinstance(result.frame_id, int) and k < result.frame_id]:
-            self.scales.pop(stale, None)  # dropped frames never get a result
-        if scale == 1.0:
+        sx, sy = self.scales.get(result.frame_id, (1.0, 1.0)) if isinstance(result.frame_id, int) else (1.0, 1.0)
+        self.forget(result.frame_id)
+        if (sx, sy) == (1.0, 1.0):
             return result
-        k = 1.0 / scale
+        kx, ky = 1.0 / sx, 1.0 / sy
         faces = []
         for face in result.faces:
-            box = face.box.model_copy(update={n: getattr(face.box, n) * k for n in ("x1", "y1", "x2", "y2")})
-            marks = [[x * k, y * k] for x, y in face.landmarks] if face.landmarks else face.landmarks
+            b = face.box
+            box = b.model_copy(update={"x1": b.x1 * kx, "y1": b.y1 * ky, "x2": b.x2 * kx, "y2": b.y2 * ky})
+            marks = [[x * kx, y * ky] for x, y in face.landmarks] if face.landmarks else face.landmarks
             ex = face.explanation
             if ex is not None:
-                ex = ex.model_copy(update={"affine": [[v * k for v in row] for row in ex.affine]})
+                row_x, row_y = ex.affine
+                ex = ex.model_copy(update={"affine": [[v * kx for v in row_x], [v * ky for v in row_y]]})
             faces.append(face.model_copy(update={"box": box, "landmarks": marks, "explanation": ex}))
         return result.model_copy(update={"faces": faces})
 
@@ -180,9 +193,9 @@ async def astream(
                     if sender.done() and sender.exception() is None and _is_clean(exc):
                         return
                     raise _closed(exc) from None
-                result, max_seen = _handle(raw, on_error, max_seen)
+                result, max_seen = _handle(raw, on_error, max_seen, sizing)
                 if result is not None:
-                    yield sizing.restore(result)
+                    yield result
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -260,19 +273,25 @@ def stream_sync(
                 if last is not None and _is_clean(exc):
                     return
                 raise _closed(exc) from None
-            result, max_seen = _handle(raw, on_error, max_seen)
+            result, max_seen = _handle(raw, on_error, max_seen, sizing)
             if result is not None:
-                yield sizing.restore(result)
+                yield result
 
 
 def _handle(
-    raw: str | bytes, on_error: Callable[[StreamError], None] | None, max_seen: int
+    raw: str | bytes, on_error: Callable[[StreamError], None] | None, max_seen: int, sizing: Sizing
 ) -> tuple[StreamResult | None, int]:
-    """Parse one server message: report errors, return a result, and track the highest frame id seen."""
-    message = parse_server_message(raw)
-    if isinstance(message, StreamError) and on_error is not None:
-        on_error(message)
+    """Parse one server message: report errors, return a result (in the frame's own pixels), and track the
+    highest frame id seen. A message type this SDK does not know is skipped."""
+    try:
+        message = parse_server_message(raw)
+    except ValidationError:
+        return None, max_seen
+    if isinstance(message, StreamError):
+        sizing.forget(message.frame_id)
+        if on_error is not None:
+            on_error(message)
     frame_id = getattr(message, "frame_id", None)
     if isinstance(frame_id, int):
         max_seen = max(max_seen, frame_id)
-    return (message if isinstance(message, StreamResult) else None), max_seen
+    return (sizing.restore(message) if isinstance(message, StreamResult) else None), max_seen
