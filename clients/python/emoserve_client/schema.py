@@ -229,8 +229,9 @@ class Hello(BaseModel):
 
     type: Literal["hello"] = "hello"
     analysis_size: int = Field(
-        description="the longest side the server analyses a frame at; a larger frame costs bandwidth and decoding "
-        "for nothing, so clients downscale to it before encoding (and map results back)"
+        description="the longest side the server detects faces at (the SDK downscales frames to it before "
+        "encoding, and maps results back); faces are classified from crops of the frame as sent, so a larger "
+        "frame only helps small faces"
     )
     max_frame_bytes: int = Field(description="frames over this many bytes close the stream (1009)")
     max_fps: float = Field(description="the most frames per second the server processes (0: no cap)")

@@ -4,7 +4,7 @@ The server keeps only the newest pending frame, so frames sent faster than it pr
 dropped (reported in `dropped_since_last`); the last frame is never dropped, and the iterator ends
 with its result (or its error).
 
-The server's first message (`hello`) says the size it analyses frames at. BGR arrays larger than that
+The server's first message (`hello`) says the size it detects faces at. BGR arrays larger than that
 are downscaled before JPEG encoding (`max_side`: None = the server's size, 0 = never), and the boxes,
 landmarks and heat-map affines of their results are mapped back, so results are always in the
 coordinates of the frames passed in. Encoded frames (bytes, paths) are sent as they are.
