@@ -59,12 +59,15 @@ def decode_result(raw: bytes, models: dict[str, list[Any]]) -> dict[str, Any]:
         result = AnalysisResult.model_validate(envelope.get("result"))
     except ValidationError as exc:
         raise ValueError(f"not an analysis result ({exc.error_count()} problems)") from None
+    body = result.model_dump(mode="json")
+    if body != envelope.get("result"):  # the wire schema skips unknown fields; a cache entry has none
+        raise ValueError("not exactly an analysis result (fields it does not have, or values it changed)")
     used = result.models
     made_by = {"detector": [used.detector.name, used.detector.version]}
     made_by["classifier"] = [used.classifier.name, used.classifier.version]
     if made_by != models:
         raise ValueError(f"made by {made_by}, not by the serving models {models}")
-    return result.model_dump(mode="json")
+    return body
 
 
 class ResultCache:
