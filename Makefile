@@ -69,13 +69,8 @@ $(FER_VENV)/bin/python:
 bench-peer: setup $(FER_VENV)/bin/python
 	$(BIN)/python bench/bench_peer.py --fer-python $(FER_VENV)/bin/python
 
-sdk-check:  # the SDK installs and works in a fresh venv with none of the server's dependencies
-	rm -rf .venv-sdk
-	$(PY) -m venv .venv-sdk
-	.venv-sdk/bin/pip install -q ./clients/python
-	rm -rf clients/python/build clients/python/*.egg-info  # what the build left in the source folder
-	.venv-sdk/bin/python -P clients/python/smoke_check.py  # -P: the installed package, not the source folder
-	! .venv-sdk/bin/python -c "import numpy" 2>/dev/null
+sdk-check: setup  # the SDK alone in a fresh venv, offline and against a real server (clients/python/sdk_check.sh)
+	clients/python/sdk_check.sh $(BIN)/python $(PY)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

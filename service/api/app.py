@@ -76,7 +76,7 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
         if redis is None:
             log.info("EMOSERVE_REDIS_URL is unset: result cache, rate limits and model events are in-process")
         store = ModelStore(settings.model_root)
-        factory, closer = build_pipeline_factory(settings, store, metrics)
+        factory = build_pipeline_factory(settings, store, metrics)
         advice = functools.partial(missing_model_advice, catalog_path=settings.catalog)
         manager = ModelManager(store, factory, settings.detector, settings.classifier, advice=advice)
         manager.on_swap.append(metrics.set_models)
@@ -106,7 +106,6 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
             streams.uninstall_signal_hook()
             await events.aclose()
             await manager.aclose()
-            await closer()
             if redis is not None:
                 await redis.close()
 

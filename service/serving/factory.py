@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from model_store import ModelStore
 from service.pipeline.analyze import Pipeline
 from service.serving.metrics import Metrics
@@ -11,10 +9,8 @@ from service.serving.model_manager import PipelineFactory, ServingPipeline
 from service.settings import Settings
 
 
-def build_pipeline_factory(
-    settings: Settings, store: ModelStore, metrics: Metrics
-) -> tuple[PipelineFactory, Callable[[], Awaitable[None]]]:
-    """A factory loading (and warming) a pipeline for pinned refs, and a closer for shared resources."""
+def build_pipeline_factory(settings: Settings, store: ModelStore, metrics: Metrics) -> PipelineFactory:
+    """A factory loading (and warming) a pipeline for pinned refs, its batcher observed by the metrics."""
 
     async def factory(detector_ref: str, classifier_ref: str) -> ServingPipeline:
         pipeline = await Pipeline.aload(settings, store=store, detector_ref=detector_ref, classifier_ref=classifier_ref)
@@ -28,7 +24,4 @@ def build_pipeline_factory(
         batcher.observers.append(observe)
         return pipeline
 
-    async def closer() -> None:
-        return None
-
-    return factory, closer
+    return factory
