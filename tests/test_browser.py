@@ -58,7 +58,9 @@ def source_frames(n: int = 60) -> list[np.ndarray]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # an analysis size below the video's, so that the page downscales its frames and maps the results back
     env = tiny_models_env(
-        publish_test_models(tmp_path_factory.mktemp("browser-models")), EMOSERVE_DETECTOR_MAX_SIDE="320"
+        publish_test_models(tmp_path_factory.mktemp("browser-models")),
+        EMOSERVE_DETECTOR_MAX_SIDE="320",
+        EMOSERVE_DECODE_MIN_SIDE="320",
     )
     with run_server(env, tmp_path_factory.mktemp("browser-logs")) as s:
         yield s

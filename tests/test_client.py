@@ -125,7 +125,16 @@ def test_sizing_downscales_arrays_and_maps_results_back() -> None:
     from emoserve_client.streaming import Sizing
 
     sizing = Sizing(None, quality=80)
-    hello = '{"type": "hello", "analysis_size": 160, "max_frame_bytes": 1000, "max_fps": 0, "max_faces": 8}'
+    hello = json.dumps(
+        {
+            "type": "hello",
+            "analysis_size": 160,
+            "detect_size": 160,
+            "max_frame_bytes": 1000,
+            "max_fps": 0,
+            "max_faces": 8,
+        }
+    )
     assert sizing.hello(hello) and sizing.max_side == 160
     assert not Sizing(None, 80).hello('{"type": "pong"}')
     sent = cv2.imdecode(np.frombuffer(sizing.encode(0, image(0)), np.uint8), cv2.IMREAD_COLOR)
@@ -159,7 +168,12 @@ def test_stream_results_are_in_the_frames_pixels(tmp_path: Path, max_side: int |
     """Against a server analysing at 160 px: 320x240 arrays go downscaled (None) or whole (0); either way the
     test detector's face, in the middle of what it saw, comes back in the middle of the 320x240 frame."""
     root = publish_test_models(tmp_path / "models")
-    with run_server(tiny_models_env(root, EMOSERVE_DETECTOR_MAX_SIDE="160"), tmp_path) as s, Client(s.url) as c:
+    with (
+        run_server(
+            tiny_models_env(root, EMOSERVE_DETECTOR_MAX_SIDE="160", EMOSERVE_DECODE_MIN_SIDE="160"), tmp_path
+        ) as s,
+        Client(s.url) as c,
+    ):
         results = list(c.stream([image(i) for i in range(3)], max_side=max_side, reuse=False))
     assert results
     for r in results:

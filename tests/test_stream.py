@@ -90,7 +90,10 @@ def test_hello_comes_first_with_the_analysis_size_and_limits(server: Server) -> 
             return dict(json.loads(await asyncio.wait_for(ws.recv(), 10)))
 
     hello = run(go())
-    assert hello == {"type": "hello", "analysis_size": 640, "max_frame_bytes": 200000, "max_fps": 60.0, "max_faces": 32}
+    assert hello == {
+        "type": "hello", "analysis_size": 1280, "detect_size": 640, "max_frame_bytes": 200000, "max_fps": 60.0,
+        "max_faces": 32,
+    }  # fmt: skip
 
 
 async def next_of(ws: ClientConnection, kind: str, timeout: float = 10.0) -> dict[str, Any]:

@@ -166,7 +166,8 @@ class StreamSession:
     def _hello(self) -> Hello:
         s = self.plane.settings
         return Hello(
-            analysis_size=s.detector_max_side,
+            analysis_size=max(s.detector_max_side, s.decode_min_side),  # crops come from frames up to this size
+            detect_size=s.detector_max_side,
             max_frame_bytes=s.ws_max_frame_bytes,
             max_fps=s.ws_max_fps,
             max_faces=s.max_faces,

@@ -229,10 +229,11 @@ class Hello(BaseModel):
 
     type: Literal["hello"] = "hello"
     analysis_size: int = Field(
-        description="the longest side the server detects faces at (the SDK downscales frames to it before "
-        "encoding, and maps results back); faces are classified from crops of the frame as sent, so a larger "
-        "frame only helps small faces"
+        description="the longest frame side the server makes use of: clients downscale larger frames to it before "
+        "encoding (and map results back). Faces are detected at `detect_size` and cropped for the classifier from "
+        "the frame as sent, up to this size, so small faces keep their detail"
     )
+    detect_size: int = Field(description="the longest side the server detects faces at")
     max_frame_bytes: int = Field(description="frames over this many bytes close the stream (1009)")
     max_fps: float = Field(description="the most frames per second the server processes (0: no cap)")
     max_faces: int = Field(description="the most faces per frame")
