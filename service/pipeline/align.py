@@ -93,10 +93,6 @@ class Preprocessor:
             batch = np.stack(crops)
         return normalize(batch, self.spec)
 
-    def batch(self, image_bgr: np.ndarray, faces: Sequence[tuple[Sequence[float], np.ndarray | None]]) -> np.ndarray:
-        """All faces of one image -> one float32 batch."""
-        return self.normalize([self.crop(image_bgr, box, marks) for box, marks in faces])
-
 
 def box_matrix(box: Sequence[float], size: tuple[int, int], margin: float) -> np.ndarray:
     """Scale + translation mapping a square around the box (side * (1 + 2 * margin)) onto the crop."""

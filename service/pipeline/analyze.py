@@ -247,7 +247,8 @@ class Pipeline:
                 reuse.append(FaceReuse(False, prev.age + 1))
             cams.append(cam)
         state.faces = tracked
-        maps = np.stack(cams) if cams and all(c is not None for c in cams) else None  # type: ignore[arg-type]
+        wanted = opts.explain and cams and all(c is not None for c in cams)
+        maps = np.stack(cams) if wanted else None  # type: ignore[arg-type]
         return self._result(prep, Scores(probs, maps), opts, timed.queue_s, timed.run_s, t0), reuse
 
     def _prepare_stream(

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -88,11 +87,6 @@ class EmotionClassifier:
         """True when the model outputs class activation maps (its manifest's `explain`)."""
         return self.cam_output is not None
 
-    def preprocess(
-        self, image_bgr: np.ndarray, faces: Sequence[tuple[Sequence[float], np.ndarray | None]]
-    ) -> np.ndarray:
-        return self.preprocessor.batch(image_bgr, faces)
-
     def postprocess(self, raw: np.ndarray) -> np.ndarray:
         """Model output (N, labels) -> probabilities (N, labels), float64 rows summing to 1."""
         out = np.asarray(raw).reshape(len(raw), -1)
@@ -119,7 +113,7 @@ class EmotionClassifier:
         names = [self.output_name] + ([self.cam_output] if self.cam_output else [])
         outs = [self.session.run(names, {feed: part}) for part in chunks(batch, self.batcher.max_batch)]
         probs = self.postprocess(np.concatenate([o[0] for o in outs]))
-        cams = np.concatenate([o[1] for o in outs]).astype(np.float32) if self.cam_output else None
+        cams = np.concatenate([o[1] for o in outs]) if self.cam_output else None
         return Scores(probs, cams)
 
     async def classify(self, batch: np.ndarray) -> Timed[Scores]:

@@ -80,24 +80,23 @@ class DataPlane:
         request's timings: only `total`, the time spent hashing and looking it up."""
         started = time.perf_counter()
         opts = parse_options(options)
-        keys: list[str] = []
 
-        async def work(pipeline: Pipeline) -> Answer | AnalysisResult:
+        async def work(pipeline: Pipeline) -> tuple[str, Answer | AnalysisResult]:
             models = {role: [n, v] for role, (n, v, _) in pipeline.model_versions().items()}
-            keys.append(cache_key(hashlib.sha256(image).hexdigest(), models, opts.model_dump(mode="json")))
-            cached = await self.cache.get_result(keys[0], models)
+            key = cache_key(hashlib.sha256(image).hexdigest(), models, opts.model_dump(mode="json"))
+            cached = await self.cache.get_result(key, models)
             if cached is not None:
                 total_ms = round((time.perf_counter() - started) * 1000, 3)
                 cached["timings_ms"] = Timings(total=total_ms).model_dump(mode="json")
-                return Answer(cached, cached=True)
-            return await pipeline.analyze(image, opts)
+                return key, Answer(cached, cached=True)
+            return key, await pipeline.analyze(image, opts)
 
-        outcome = await self._run("analysis", work)
+        key, outcome = await self._run("analysis", work)
         if isinstance(outcome, Answer):
             return outcome
         self.metrics.observe_result(outcome)
         body = outcome.model_dump(mode="json")
-        await self.cache.set_result(keys[0], body)
+        await self.cache.set_result(key, body)
         return Answer(body, cached=False)
 
     async def analyze_frame(

@@ -31,17 +31,19 @@ def encode(image: ImageLike, quality: int = 90) -> bytes:
     return bytes(buf.tobytes())
 
 
-def shrink(image: ImageLike, max_side: int) -> tuple[ImageLike, float]:
+def shrink(image: ImageLike, max_side: int) -> tuple[ImageLike, tuple[float, float]]:
     """A BGR array larger than `max_side` resized (INTER_AREA) so its longest side is `max_side`, with the
-    scale applied (< 1); anything else, or `max_side` 0, as it is with scale 1."""
+    (x, y) scale of each side (they differ by the rounding); anything else, or `max_side` 0, as it is."""
     shape = getattr(image, "shape", None)
     if not max_side or shape is None or max(shape[:2]) <= max_side:
-        return image, 1.0
+        return image, (1.0, 1.0)
     import cv2
 
-    scale = max_side / max(shape[:2])
-    size = (max(1, round(shape[1] * scale)), max(1, round(shape[0] * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale  # type: ignore[arg-type]
+    h, w = shape[:2]
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)  # type: ignore[arg-type]
+    return resized, (size[0] / w, size[1] / h)
 
 
 def content_type(data: bytes) -> str:

@@ -74,9 +74,8 @@ class Sizing:
 
     def encode(self, index: int, frame: ImageLike) -> bytes:
         image, scale = shrink(frame, self.max_side or 0)
-        if scale != 1.0:  # each side's own scale: the sizes are rounded
-            (h, w), (h2, w2) = getattr(frame, "shape", (0, 0))[:2], getattr(image, "shape", (0, 0))[:2]
-            self.scales[index] = (w2 / w, h2 / h)
+        if scale != (1.0, 1.0):
+            self.scales[index] = scale
         return encode(image, self.quality)
 
     def forget(self, frame_id: int | str | None) -> None:
