@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 SETUP_MARK := $(VENV)/.installed-dev
 SERVE_MARK := $(VENV)/.installed-serve
 
-.PHONY: setup serve-setup run test lint typecheck reliability bench bench-peer sdk-check clean
+.PHONY: setup serve-setup run test lint typecheck reliability bench bench-peer sdk-check release-artifacts clean
 
 # Everything: the package (editable) with the train (torch) and dev (pytest, ruff, mypy) extras.
 setup: $(SETUP_MARK)
@@ -71,6 +71,12 @@ bench-peer: setup $(FER_VENV)/bin/python
 
 sdk-check: setup  # the SDK alone in a fresh venv, offline and against a real server (clients/python/sdk_check.sh)
 	clients/python/sdk_check.sh $(BIN)/python $(PY)
+
+# The release artifacts of the earlier versions kept in releases/ (model_store/catalog.yaml, `releases:`),
+# for the project's release page or a mirror folder: `emoserve models pull NAME@VERSION --mirror dist/releases`.
+release-artifacts: serve-setup
+	for d in releases/*/*/; do n=$$(basename $$(dirname $$d)); v=$$(basename $$d); \
+	  EMOSERVE_MODEL_ROOT=releases $(BIN)/emoserve models pack $$n@$$v --out dist/releases || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

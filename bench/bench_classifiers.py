@@ -1,4 +1,4 @@
-"""Classifier benchmark (not a test): every shipped emotion classifier version, faces/s in onnxruntime.
+"""Classifier benchmark (not a test): emotion classifier versions (shipped or in `releases/`), faces/s in onnxruntime.
 
     .venv/bin/python bench/bench_classifiers.py [--iterations 20] [--threads 1 2] [--batch 1 32]
 
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     args = parser.parse_args()
-    store = ModelStore(Path("/nonexistent-root"))  # the shipped layer only
+    store = ModelStore(REPO / "releases")  # the earlier versions kept in the repository, over the shipped layer
     rows = []
     base: dict[tuple[int, int], float] = {}
     cases = [(ref, b, t) for ref in args.models for t in args.threads for b in args.batch]

@@ -13,7 +13,9 @@ from rich.table import Table
 from emoserve_cli.common import fail, handle_errors, load_settings, open_store, out_console
 from model_store import ArtifactCorrupt, InvalidName, ModelRef, StoreEvent, parse_ref
 from model_store.catalog import Catalog
+from model_store.hashing import sha256_file
 from model_store.pull import pull as pull_model
+from model_store.release import pack as pack_release
 from service.settings import Settings
 
 app = typer.Typer(help="Manage the versioned model store.", no_args_is_help=True)
@@ -90,7 +92,9 @@ def show(
 @app.command()
 @handle_errors
 def pull(
-    name: Annotated[str, typer.Argument(help="Catalog name, e.g. yunet-2023mar")],
+    name: Annotated[
+        str, typer.Argument(help="Catalog name, e.g. yunet-2023mar, or a release, e.g. emotion-ferplus8@3")
+    ],
     mirror: Annotated[
         Path | None, typer.Option(help="Mirror folder searched first (default EMOSERVE_MODEL_MIRROR)")
     ] = None,
@@ -98,7 +102,9 @@ def pull(
         bool, typer.Option(help="Accept a file whose sha256 the catalog does not record (and record it)")
     ] = False,
 ) -> None:
-    """Fetch a catalog model (mirror first, then its sources), verify, convert and publish it."""
+    """Fetch a catalog model (mirror first, then its sources), verify, convert and publish it.
+
+    NAME@VERSION installs one of our own earlier versions from its release artifact, under that version."""
     settings = load_settings(model_mirror=mirror)
     store = open_store(settings)
     cat = Catalog.load(settings.catalog) if settings.catalog else Catalog.load()
@@ -110,8 +116,21 @@ def pull(
 
 @app.command()
 @handle_errors
+def pack(
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION (or NAME@ALIAS) to pack")],
+    out: Annotated[Path, typer.Option(help="Folder the artifact is written to")] = Path("."),
+) -> None:
+    """Write a version as a release artifact (NAME-VERSION.tar, the same bytes every time) and print the
+    catalog entry's sha256 and size; `emoserve models pull NAME@VERSION` installs it back."""
+    store = open_store(load_settings())
+    path = pack_release(store, ref, out)
+    out_console.print(f"{path}  sha256: {sha256_file(path)}  size: {path.stat().st_size}", soft_wrap=True)
+
+
+@app.command()
+@handle_errors
 def catalog(as_json: JsonOpt = False) -> None:
-    """List the models the catalog knows how to pull."""
+    """List the models the catalog knows how to pull, and the release artifacts of our earlier versions."""
     settings = load_settings()
     cat = Catalog.load(settings.catalog) if settings.catalog else Catalog.load()
     rows: list[dict[str, Any]] = [
@@ -125,6 +144,11 @@ def catalog(as_json: JsonOpt = False) -> None:
         }
         for e in cat.entries.values()
     ]
+    rows += [  # our own earlier versions, installed from release artifacts under their own version numbers
+        {"name": r.ref, "task": "release", "family": "-", "licence": "see its manifest",
+         "sources": [s.describe() for s in r.sources], "sha256_origin": r.sha256_origin, "config": r.config}
+        for r in cat.releases.values()
+    ]  # fmt: skip
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -188,10 +212,18 @@ def promote(
 @app.command()
 @handle_errors
 def rollback(name: Annotated[str, typer.Argument()], alias: AliasOpt = "production") -> None:
-    """Point NAME@ALIAS back at the version it had before its last change."""
+    """Point NAME@ALIAS back at the version it had before its last change.
+
+    A version that is not in the store (an earlier version the package no longer ships) is pulled first from
+    its release artifact (mirror first, then its sources)."""
     settings = load_settings()
     store = open_store(settings)
     before = store.aliases(name).get(alias)
+    wanted = store.rollback_target(name, alias)
+    if wanted not in store.versions(name):
+        cat = Catalog.load(settings.catalog) if settings.catalog else Catalog.load()
+        pulled = pull_model(store, f"{name}@{wanted}", catalog=cat, mirror=settings.model_mirror)
+        out_console.print(f"published {name}@{wanted} from {pulled.source}")
     target = store.rollback(name, alias)
     out_console.print(f"{name}@{alias}: {before} -> {target}")
     _announce(settings, StoreEvent("alias", name, target, alias))

@@ -88,11 +88,41 @@ class CatalogEntry(BaseModel):
         )
 
 
-class Catalog:
-    """The parsed catalog."""
+class ReleaseEntry(BaseModel):
+    """One earlier version of our own models, kept out of the package as a release artifact
+    (`model_store.release`): the file, how to check it, where to fetch it and how to train it again."""
 
-    def __init__(self, entries: dict[str, CatalogEntry]) -> None:
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    version: int = Field(ge=1)
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(gt=0)
+    sha256_origin: str = "release"
+    config: str = Field(description="the training config(s) that reproduce it, relative to the repository")
+    sources: list[Source]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def offline_advice(self) -> str:
+        return (
+            "ways out:\n"
+            f"  - copy {self.file} (sha256 {self.sha256}, {self.size:,} bytes) into a folder DIR here, then run"
+            f" `emoserve models pull {self.ref} --mirror DIR` (or set EMOSERVE_MODEL_MIRROR=DIR)\n"
+            f"  - or pack it from a store that has it: `emoserve models pack {self.ref} --out DIR`\n"
+            f"  - or train it again: {self.config}"
+        )
+
+
+class Catalog:
+    """The parsed catalog: third-party models by name, and our own earlier versions by NAME@VERSION."""
+
+    def __init__(self, entries: dict[str, CatalogEntry], releases: dict[str, ReleaseEntry] | None = None) -> None:
         self.entries = entries
+        self.releases = releases or {}
 
     @classmethod
     def load(cls, path: Path = CATALOG_PATH) -> Catalog:
@@ -102,14 +132,24 @@ class Catalog:
                 validate_name(name): CatalogEntry.model_validate({"name": name, **body})
                 for name, body in (raw.get("models") or {}).items()
             }
+            releases = {}
+            for ref, body in (raw.get("releases") or {}).items():
+                name, _, version = str(ref).partition("@")
+                entry = ReleaseEntry.model_validate({"name": validate_name(name), "version": version, **body})
+                releases[entry.ref] = entry
         except (OSError, yaml.YAMLError, ValidationError, ValueError) as exc:
             raise CatalogError(f"catalog {path} is invalid: {exc}") from exc
-        return cls(entries)
+        return cls(entries, releases)
 
     def get(self, name: str) -> CatalogEntry:
         if name not in self.entries:
             raise CatalogError(f"{name!r} is not in the catalog; known: {', '.join(sorted(self.entries))}")
         return self.entries[name]
+
+    def release(self, ref: str) -> ReleaseEntry:
+        if ref not in self.releases:
+            raise CatalogError(f"{ref!r} is not a release in the catalog; known: {', '.join(sorted(self.releases))}")
+        return self.releases[ref]
 
     def names(self) -> list[str]:
         return sorted(self.entries)

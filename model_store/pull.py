@@ -24,17 +24,30 @@ from typing import IO, Any
 import httpx
 from tqdm import tqdm
 
-from model_store.catalog import Catalog, CatalogEntry, FileSource, NpmSource, PypiSource, Source, UrlSource
+from model_store.catalog import (
+    Catalog,
+    CatalogEntry,
+    FileSource,
+    NpmSource,
+    PypiSource,
+    ReleaseEntry,
+    Source,
+    UrlSource,
+)
 from model_store.converters import get_converter
 from model_store.errors import CatalogError, ConverterUnavailable, ModelStoreError, PullFailed
 from model_store.hashing import sha256_file
-from model_store.manifest import MODEL_FILE, Manifest
+from model_store.manifest import CARD_FILE, MODEL_FILE, Manifest
+from model_store.names import parse_ref
+from model_store.release import unpack
 from model_store.store import ModelStore
 
 DOWNLOAD_TIMEOUT_S = 60.0
 MAX_FILE_BYTES = 2 * 1024**3  # a model file whose catalog entry declares no size
 MAX_ARCHIVE_BYTES = 4 * 1024**3  # a downloaded archive a model file is taken out of
 CHUNK_BYTES = 1 << 16
+
+Fetchable = CatalogEntry | ReleaseEntry  # what a mirror or a source can deliver
 
 
 class SourceError(Exception):
@@ -61,7 +74,10 @@ def pull(
     """Fetch, verify, convert and publish catalog model `name`; idempotent for an identical source file.
 
     `alias` is set when the model has no such alias yet (so the first pull becomes `production`).
+    `NAME@VERSION` installs one of our own earlier versions from its release artifact (`pull_release`).
     """
+    if "@" in name:
+        return pull_release(store, name, catalog=catalog, mirror=mirror, progress=progress)
     entry = (catalog or Catalog.load()).get(name)
     if entry.sha256 is None and not allow_unverified:
         raise PullFailed(
@@ -75,21 +91,9 @@ def pull(
                 _ensure_alias(store, name, alias, version)
                 return PullResult(m, m.provenance.source or "store", already_present=True)
 
-    attempts: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="emoserve-pull-") as tmp:
         work = Path(tmp)
-        fetched: tuple[Path, str] | None = None
-        for where, getter in _candidates(entry, mirror, work, progress):
-            try:
-                path = getter()
-                _check(entry, path)
-                fetched = (path, where)
-                break
-            except (SourceError, OSError, httpx.HTTPError, subprocess.SubprocessError) as exc:
-                attempts.append((where, str(exc) or type(exc).__name__))
-        if fetched is None:
-            raise PullFailed(name, attempts, advice=entry.offline_advice())
-        path, where = fetched
+        path, where, attempts = _fetch_first(entry, mirror, work, progress)
         source_sha = sha256_file(path)
         onnx_path = path
         if entry.converter:
@@ -119,13 +123,41 @@ def pull(
     return PullResult(manifest, where, already_present=False)
 
 
-def missing_model_advice(name: str, catalog_path: Path | None = None) -> str:
-    """What to do about a model the store lacks: pull it (with the offline ways out) or publish it."""
+def pull_release(
+    store: ModelStore, ref: str, *, catalog: Catalog | None = None, mirror: Path | None = None, progress: bool = True
+) -> PullResult:
+    """Fetch the release artifact of `NAME@VERSION` (mirror first, then its sources), verify it and install it
+    under the same version number, manifest and card as it was published with. No alias is set."""
+    entry = (catalog or Catalog.load()).release(ref)
+    if entry.version in store.versions(entry.name):
+        return PullResult(store.manifest(entry.ref), "store", already_present=True)
+    with tempfile.TemporaryDirectory(prefix="emoserve-pull-") as tmp:
+        work = Path(tmp)
+        path, where, attempts = _fetch_first(entry, mirror, work, progress)
+        unpacked = work / "unpacked"
+        unpacked.mkdir()
+        m = unpack(path, unpacked, MAX_ARCHIVE_BYTES)
+        if (m.name, m.version) != (entry.name, entry.version):
+            raise PullFailed(ref, [*attempts, (where, f"the artifact holds {m.name}@{m.version}")])
+        card = (unpacked / CARD_FILE).read_text(encoding="utf-8") if (unpacked / CARD_FILE).is_file() else None
+        body = m.model_dump(mode="json", exclude={"version", "files"})
+        manifest = store.publish(body, {f.path: unpacked / f.path for f in m.files}, version=m.version, card=card)
+    return PullResult(manifest, where, already_present=False)
+
+
+def missing_model_advice(ref: str, catalog_path: Path | None = None) -> str:
+    """What to do about a model the store lacks: pull it (a catalog model, or one of our earlier versions from
+    its release artifact; with the offline ways out) or publish it."""
     try:
-        entry = (Catalog.load(catalog_path) if catalog_path else Catalog.load()).get(name)
+        catalog = Catalog.load(catalog_path) if catalog_path else Catalog.load()
+        parsed = parse_ref(ref)
+        if parsed.version is not None and str(parsed) in catalog.releases:
+            release = catalog.release(str(parsed))
+            return f"pull it with `emoserve models pull {release.ref}`; " + release.offline_advice()
+        entry = catalog.get(parsed.name)
     except CatalogError:
-        return f"{name!r} is not in the catalog: publish it with `emoserve models publish`"
-    return f"pull it with `emoserve models pull {name}`; " + entry.offline_advice()
+        return f"{ref!r} is not in the catalog: publish it with `emoserve models publish`"
+    return f"pull it with `emoserve models pull {entry.name}`; " + entry.offline_advice()
 
 
 def _ensure_alias(store: ModelStore, name: str, alias: str | None, version: int) -> None:
@@ -133,7 +165,7 @@ def _ensure_alias(store: ModelStore, name: str, alias: str | None, version: int)
         store.set_alias(name, alias, version)
 
 
-def _check(entry: CatalogEntry, path: Path) -> None:
+def _check(entry: Fetchable, path: Path) -> None:
     size = path.stat().st_size
     if entry.size is not None and size != entry.size:
         raise SourceError(f"size {size} bytes differs from the catalog's {entry.size}")
@@ -143,7 +175,23 @@ def _check(entry: CatalogEntry, path: Path) -> None:
             raise SourceError(f"sha256 {digest} differs from the catalog's {entry.sha256}")
 
 
-def _candidates(entry: CatalogEntry, mirror: Path | None, work: Path, progress: bool) -> Iterator[tuple[str, Any]]:
+def _fetch_first(
+    entry: Fetchable, mirror: Path | None, work: Path, progress: bool
+) -> tuple[Path, str, list[tuple[str, str]]]:
+    """The first candidate that delivers the entry's file with its size and sha256, where it came from, and
+    the candidates that failed before it; `PullFailed` lists every attempt when none delivers."""
+    attempts: list[tuple[str, str]] = []
+    for where, getter in _candidates(entry, mirror, work, progress):
+        try:
+            path = getter()
+            _check(entry, path)
+            return path, where, attempts
+        except (SourceError, OSError, httpx.HTTPError, subprocess.SubprocessError) as exc:
+            attempts.append((where, str(exc) or type(exc).__name__))
+    raise PullFailed(getattr(entry, "ref", entry.name), attempts, advice=entry.offline_advice())
+
+
+def _candidates(entry: Fetchable, mirror: Path | None, work: Path, progress: bool) -> Iterator[tuple[str, Any]]:
     if mirror is not None:
         yield f"mirror {mirror}", lambda: _from_mirror(entry, Path(mirror))
     for i, source in enumerate(entry.sources):
@@ -152,7 +200,7 @@ def _candidates(entry: CatalogEntry, mirror: Path | None, work: Path, progress: 
         yield source.describe(), (lambda s=source, d=dest: _fetch(s, entry, d, progress))
 
 
-def _from_mirror(entry: CatalogEntry, mirror: Path) -> Path:
+def _from_mirror(entry: Fetchable, mirror: Path) -> Path:
     if not mirror.is_dir():
         raise SourceError("folder does not exist")
     found = [p for p in mirror.rglob(entry.file) if p.is_file()]
@@ -166,7 +214,7 @@ def _from_mirror(entry: CatalogEntry, mirror: Path) -> Path:
     raise SourceError(f"{len(found)} file(s) named {entry.file} but none has sha256 {entry.sha256}")
 
 
-def _file_limit(entry: CatalogEntry) -> int:
+def _file_limit(entry: Fetchable) -> int:
     """The most bytes the model file may have: the catalog's size, else the generous cap."""
     return entry.size if entry.size is not None else MAX_FILE_BYTES
 
@@ -181,7 +229,7 @@ def _copy_limited(src: IO[bytes], dst: IO[bytes], limit: int, what: str) -> None
         dst.write(chunk)
 
 
-def _fetch(source: Source, entry: CatalogEntry, dest: Path, progress: bool) -> Path:
+def _fetch(source: Source, entry: Fetchable, dest: Path, progress: bool) -> Path:
     file_name, limit = entry.file, _file_limit(entry)
     if isinstance(source, UrlSource):
         target = dest / (PurePosixPath(source.url).name or "download")
@@ -303,4 +351,4 @@ def _extract_tar_member(archive: Path, member: str, target: Path, limit: int) ->
     return target
 
 
-__all__ = ["ModelStoreError", "PullResult", "SourceError", "missing_model_advice", "pull"]
+__all__ = ["ModelStoreError", "PullResult", "SourceError", "missing_model_advice", "pull", "pull_release"]

@@ -187,7 +187,7 @@ class ModelStore:
         manifest = layer.read_manifest(r.name, r.version)
         if manifest.name != r.name or manifest.version != r.version:
             raise ArtifactCorrupt(f"{r}: manifest says {manifest.name}@{manifest.version}")
-        _verify_files(manifest, path)
+        verify_files(manifest, path)
         return ResolvedModel(manifest=manifest, path=path, layer="shipped" if layer.read_only else "local")
 
     def verify(self, ref: str | ModelRef) -> Manifest:
@@ -270,31 +270,46 @@ class ModelStore:
         self._emit(StoreEvent("alias", name, version, alias))
         return previous
 
+    def rollback_target(self, name: str, alias: str = "production") -> int:
+        """The version `rollback` would point `alias` at (it may still have to be pulled: `model_store.pull`)."""
+        validate_name(name)
+        validate_alias(alias)
+        return self._rollback_plan(name, alias, self.storage.read_aliases(name))[0]
+
+    def _rollback_plan(self, name: str, alias: str, data: dict[str, Any]) -> tuple[int, bool]:
+        """The version before the alias's last change, and whether reaching it drops the root's override.
+
+        The shipped layer's history comes first: a fresh install rolls back to the production version the
+        package shipped before the current one."""
+        shipped_data = self.shipped.read_aliases(name) if self.shipped else {"aliases": {}, "history": []}
+        stack: list[int] = []
+        for entry in [*shipped_data["history"], *data["history"]]:
+            if entry["alias"] != alias:
+                continue
+            if entry["action"] == "set":
+                stack.append(int(entry["version"]))
+            elif entry["action"] == "rollback" and stack:
+                stack.pop()
+        shipped = shipped_data["aliases"].get(alias)
+        if len(stack) >= 2:
+            return stack[-2], False
+        if data["aliases"].get(alias) is not None and shipped is not None:
+            return int(shipped), True  # drop the override: the shipped alias applies again
+        raise AliasNotFound(f"{name}@{alias} has no earlier version to roll back to")
+
     def rollback(self, name: str, alias: str = "production") -> int:
         """Point `alias` back at the version it had before its last change; returns that version."""
         validate_name(name)
         validate_alias(alias)
         with self.storage.lock(name):
             data = self.storage.read_aliases(name)
-            stack: list[int] = []
-            for entry in data["history"]:
-                if entry["alias"] != alias:
-                    continue
-                if entry["action"] == "set":
-                    stack.append(int(entry["version"]))
-                elif entry["action"] == "rollback" and stack:
-                    stack.pop()
-            current = data["aliases"].get(alias)
-            shipped = self.shipped.read_aliases(name)["aliases"].get(alias) if self.shipped else None
-            if len(stack) >= 2:
-                target = stack[-2]
-                data["aliases"][alias] = target
-            elif current is not None and shipped is not None:
-                target = int(shipped)  # drop the override: the shipped alias applies again
+            current = self.aliases(name).get(alias)
+            target, drop = self._rollback_plan(name, alias, data)
+            self.get(ModelRef(name, version=target))
+            if drop:
                 del data["aliases"][alias]
             else:
-                raise AliasNotFound(f"{name}@{alias} has no earlier version to roll back to")
-            self.get(ModelRef(name, version=target))
+                data["aliases"][alias] = target
             data["history"].append(_history(alias, target, current, "rollback"))
             self.storage.write_aliases(name, data)
         self._emit(StoreEvent("alias", name, target, alias))
@@ -328,7 +343,8 @@ def _history(alias: str, version: int, previous: int | None, action: str) -> dic
     }
 
 
-def _verify_files(manifest: Manifest, path: Path) -> None:
+def verify_files(manifest: Manifest, path: Path) -> None:
+    """Every file of `manifest` in `path`, with its size and sha256; `ArtifactCorrupt` names the first that is not."""
     for entry in manifest.files:
         f = path / entry.path
         if not f.is_file():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import shared_path
+from training.config import TrainConfig
 from training.data import EMOTIONS_7, EMOTIONS_8, detect_format, load_dataset
 from training.data import labels as L
 from training.data import readers as R
@@ -338,6 +339,22 @@ def test_augment_batch() -> None:
     assert np.array_equal(flipped[0], imgs[0, :, ::-1])
     with pytest.raises(ValueError):
         augment_batch(imgs, rng, "bogus", AugmentParams())
+
+
+def test_degrade_loses_detail_and_changes_tone() -> None:
+    """`degrade` (the training side of the robustness suite): off, the geometry alone; on, every face changes,
+    the batch loses most of its fine detail (pixel-to-pixel differences), and faces stay uint8 of the same size."""
+    rng = np.random.default_rng(0)
+    faces = (np.random.default_rng(1).random((32, 96, 96)) * 255).astype(np.uint8)  # all fine detail
+    still = AugmentParams(0, 0, 0, 0, hflip=0.0)
+    assert np.array_equal(augment_batch(faces, rng, "standard", still), faces)
+    out = augment_batch(faces, rng, "standard", AugmentParams(0, 0, 0, 0, hflip=0.0, degrade=1.0))
+    assert out.shape == faces.shape and out.dtype == np.uint8
+    detail = [float(np.abs(np.diff(img.astype(np.float32), axis=1)).mean()) for img in (*faces, *out)]
+    assert not any(np.array_equal(a, b) for a, b in zip(faces, out, strict=True))
+    assert np.mean(detail[32:]) < 0.6 * np.mean(detail[:32])
+    with pytest.raises(ValueError, match="degrade"):
+        TrainConfig.from_dict({"degrade": 1.5}).validate()
 
 
 def test_balanced_indices() -> None:

@@ -49,6 +49,7 @@ class TrainConfig:
     zoom: float = 0.1
     hflip: float = 0.5
     erasing: float = 0.0
+    degrade: float = 0.0  # probability of a loss of detail and of a tone change (training/data/degrade.py)
     pca: bool = False  # per-channel PCA keeping `pca_variance` of the variance (training/data/pca.py)
     pca_variance: float = 0.95
     # runtime
@@ -86,6 +87,8 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
+        if not 0.0 <= self.degrade <= 1.0:
+            raise ValueError(f"degrade must be a probability in [0, 1], got {self.degrade}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if not 0.0 <= self.distill_weight <= 1.0 or self.distill_temperature <= 0:

@@ -127,7 +127,7 @@ def train_epoch(
     Returns (mean loss, accuracy against the argmax target). `step_fn()` runs after each step.
     """
     model.train()
-    aug = AugmentParams(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.hflip, cfg.erasing)
+    aug = AugmentParams(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.hflip, cfg.erasing, cfg.degrade)
     policy = "standard" if cfg.augment == "balanced" else cfg.augment
     num_classes = int(targets.shape[1]) if targets.ndim == 2 else int(targets.max()) + 1
     num_classes = max(num_classes, _out_features(model))

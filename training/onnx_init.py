@@ -186,7 +186,7 @@ def _calibrate_batchnorm(model: nn.Module, bns: list[nn.BatchNorm2d], calib: tor
 
 def resolve_source(source: str, store_root: Path | None = None) -> tuple[Manifest, Path]:
     """(manifest, ONNX path) of `NAME@ALIAS` in the model store, or of an `.onnx` file with its manifest beside it."""
-    from model_store import Manifest, ModelStore
+    from model_store import Manifest, ModelNotFound, ModelStore
 
     if source.endswith(".onnx"):
         path = Path(source)
@@ -195,7 +195,12 @@ def resolve_source(source: str, store_root: Path | None = None) -> tuple[Manifes
         from model_store.store import default_root
 
         store_root = default_root()
-    resolved = ModelStore(store_root).get(source)
+    try:
+        resolved = ModelStore(store_root).get(source)
+    except ModelNotFound as exc:  # e.g. an earlier version the package no longer ships: say how to get it
+        from model_store.pull import missing_model_advice
+
+        raise ModelNotFound(f"{exc}; {missing_model_advice(source)}") from exc
     return resolved.manifest, resolved.model_path
 
 

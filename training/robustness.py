@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from training.data.degrade import blur, downscale, jpeg, tone
 from training.evaluate import evaluate_loaded
 
 if TYPE_CHECKING:
@@ -34,9 +35,6 @@ class RobustnessError(ValueError):
     """A shift cannot be applied to the dataset's images (not uint8 gray or RGB, or OpenCV refused them)."""
 
 
-BASE_SIZE = 48  # the side at which the blur's sigma and the downscale's size are defined
-
-
 def affine(img: np.ndarray, crop: float = 1.0, shift: float = 0.0, angle: float = 0.0) -> np.ndarray:
     """The image as seen through a crop window `crop` times the side, moved by `shift` of the side (right and
     down when positive) and rotated by `angle` degrees about the centre; outside pixels replicate the border."""
@@ -44,44 +42,6 @@ def affine(img: np.ndarray, crop: float = 1.0, shift: float = 0.0, angle: float 
     m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, 1.0 / crop)
     m[:, 2] -= m[:, :2] @ np.array([shift * w, shift * h])
     return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-
-
-def blur(img: np.ndarray, sigma: float = 1.0) -> np.ndarray:
-    """Gaussian blur of `sigma` pixels at 48 px (scaled with the image's side)."""
-    s = sigma * img.shape[1] / BASE_SIZE
-    return cv2.GaussianBlur(img, (0, 0), sigmaX=s, sigmaY=s, borderType=cv2.BORDER_REPLICATE)
-
-
-def jpeg(img: np.ndarray, quality: int = 30) -> np.ndarray:
-    """A JPEG round trip at `quality` (RGB images encoded as such, not as BGR)."""
-    rgb = img.ndim == 3
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if rgb else img,
-                           [cv2.IMWRITE_JPEG_QUALITY, quality])  # fmt: skip
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    out = cv2.imdecode(buf, cv2.IMREAD_COLOR if rgb else cv2.IMREAD_GRAYSCALE)
-    if out is None:
-        raise ValueError("JPEG decoding failed")
-    return cv2.cvtColor(out, cv2.COLOR_BGR2RGB) if rgb else out
-
-
-def downscale(img: np.ndarray, side: int = 24) -> np.ndarray:
-    """Down to `side` px at 48 px (the same fraction of other sides), area averaging, and back up bilinearly."""
-    h, w = img.shape[:2]
-    small = cv2.resize(img, (max(1, round(w * side / BASE_SIZE)), max(1, round(h * side / BASE_SIZE))),
-                       interpolation=cv2.INTER_AREA)  # fmt: skip
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-
-
-def tone(img: np.ndarray, brightness: float = 0.0, contrast: float = 1.0, gamma: float = 1.0) -> np.ndarray:
-    """Contrast about the image's mean, then brightness (grey levels), then gamma (out = 255 (in/255)^gamma)."""
-    x = img.astype(np.float32)
-    if contrast != 1.0:
-        x = (x - x.mean()) * contrast + x.mean()
-    x = np.clip(x + brightness, 0, 255)
-    if gamma != 1.0:
-        x = 255.0 * (x / 255.0) ** gamma
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 TONES: dict[str, tuple[float, float, float]] = {  # brightness (grey levels), contrast, gamma

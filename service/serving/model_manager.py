@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from model_store import AliasNotFound, ModelNotFound, ModelStore
-from model_store.names import parse_ref
 from service.errors import ModelLoadFailed, ModelNotReady
 
 log = logging.getLogger("emoserve.models")
@@ -82,7 +81,7 @@ class ModelManager:
             except ModelNotFound as exc:
                 if self.advice is None:
                     raise
-                raise ModelNotFound(f"{role} {ref}: {exc}; {self.advice(parse_ref(ref).name)}") from exc
+                raise ModelNotFound(f"{role} {ref}: {exc}; {self.advice(ref)}") from exc
         return pinned
 
     async def reload(self, *, force: bool = False) -> bool:

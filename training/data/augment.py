@@ -1,7 +1,8 @@
 """Batch augmentation in numpy/OpenCV for small face crops.
 
 Policies: "none"; "standard" (random rotation, shift, shear, zoom, horizontal flip, as in the method:
-rotation 10-15 degrees, shift/shear/zoom 0.1); "balanced" (standard, plus oversampling of minority
+rotation 10-15 degrees, shift/shear/zoom 0.1; then, with probability `degrade`, a loss of detail and a
+tone change, see `training.data.degrade`); "balanced" (standard, plus oversampling of minority
 classes each epoch until every class has as many samples as the largest, see `balanced_indices`).
 Random erasing and mixup work on the float batch (`random_erasing`, `mixup`).
 """
@@ -14,6 +15,8 @@ import cv2
 import numpy as np
 import torch
 
+from training.data.degrade import random_degrade
+
 POLICIES = ("none", "standard", "balanced")
 
 
@@ -25,6 +28,7 @@ class AugmentParams:
     zoom: float = 0.1  # scale in [1 - zoom, 1 + zoom]
     hflip: float = 0.5  # probability
     erasing: float = 0.0  # random-erasing probability (on float batches)
+    degrade: float = 0.0  # probability of a loss of detail and of a tone change (`degrade.random_degrade`)
 
 
 def random_affine(img: np.ndarray, rng: np.random.Generator, p: AugmentParams) -> np.ndarray:
@@ -49,7 +53,7 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator, policy: str, p: 
         raise ValueError(f"unknown augmentation {policy!r}; known: {', '.join(POLICIES)}")
     if policy == "none":
         return images
-    return np.stack([random_affine(im, rng, p) for im in images])
+    return np.stack([random_degrade(random_affine(im, rng, p), rng, p.degrade) for im in images])
 
 
 def balanced_indices(targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:

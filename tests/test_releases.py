@@ -1,0 +1,137 @@
+"""Earlier versions as release artifacts: the package ships only what it serves, the catalog's `releases`
+match the version folders kept in the repository, `emoserve models pull NAME@VERSION` installs one under its
+own number, and `emoserve models rollback` on a fresh install gets back the previous production version."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from model_store import ArtifactCorrupt, ModelStore
+from model_store.catalog import Catalog
+from model_store.hashing import sha256_file
+from model_store.manifest import MANIFEST_FILE, Manifest
+from model_store.release import artifact_name, pack, unpack
+from model_store.store import SHIPPED_ROOT
+from tests.test_cli_models import emoserve
+
+REPO = Path(__file__).resolve().parents[1]
+RELEASES = REPO / "releases"
+WHEEL_LIMIT = 50 * 1024**2
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every catalog release packed from the repository's `releases/` folders."""
+    out = tmp_path_factory.mktemp("mirror")
+    source = ModelStore(RELEASES, shipped=None)
+    for release in Catalog.load().releases.values():
+        pack(source, release.ref, out)
+    return out
+
+
+def test_catalog_releases_are_the_repository_versions(mirror: Path, tmp_path: Path) -> None:
+    releases = Catalog.load().releases
+    assert {"emotion-ferplus8@3", "emotion-fer7@3"} <= set(releases)
+    fresh = ModelStore(tmp_path / "root")  # an empty root over the shipped layer
+    for release in releases.values():
+        artifact = mirror / artifact_name(release.name, release.version)
+        assert (sha256_file(artifact), artifact.stat().st_size) == (release.sha256, release.size), release.ref
+        assert release.version not in fresh.versions(release.name), f"{release.ref} is still shipped"
+    # packing is reproducible: the same bytes a second time
+    again = pack(ModelStore(RELEASES, shipped=None), "emotion-fer7@3", tmp_path / "again")
+    assert sha256_file(again) == releases["emotion-fer7@3"].sha256
+
+
+def test_rollback_on_a_fresh_install_pulls_the_previous_production(mirror: Path, tmp_path: Path) -> None:
+    offline = emoserve(tmp_path, "models", "rollback", "emotion-ferplus8")
+    assert offline.returncode != 0
+    assert "emoserve models pull emotion-ferplus8@3 --mirror DIR" in offline.stdout + offline.stderr
+    assert "training/configs/emotion-ferplus8.yaml" in offline.stdout + offline.stderr
+
+    env = {"EMOSERVE_MODEL_MIRROR": str(mirror)}
+    r = emoserve(tmp_path, "models", "rollback", "emotion-ferplus8", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "published emotion-ferplus8@3" in r.stdout and "4 -> 3" in r.stdout
+    store = ModelStore(tmp_path / "root")
+    assert store.aliases("emotion-ferplus8")["production"] == 3
+    installed = store.get("emotion-ferplus8@3")
+    assert installed.layer == "local"
+    kept = Manifest.from_file(RELEASES / "emotion-ferplus8" / "3" / MANIFEST_FILE)
+    assert installed.manifest == kept, "the manifest travels unchanged"
+    assert (installed.path / "MODEL_CARD.md").read_text() == (RELEASES / "emotion-ferplus8/3/MODEL_CARD.md").read_text()
+
+    # the next rollback returns to the shipped production version; a second pull is a no-op
+    r = emoserve(tmp_path, "models", "rollback", "emotion-ferplus8", env=env)
+    assert r.returncode == 0 and "3 -> 4" in r.stdout, r.stdout + r.stderr
+    r = emoserve(tmp_path, "models", "pull", "emotion-ferplus8@3", env=env)
+    assert r.returncode == 0 and "already present as emotion-ferplus8@3" in r.stdout, r.stdout + r.stderr
+
+
+def test_pull_of_a_release_installs_it_under_its_version(mirror: Path, tmp_path: Path) -> None:
+    r = emoserve(tmp_path, "models", "pull", "emotion-fer7@3", "--mirror", str(mirror))
+    assert r.returncode == 0, r.stderr
+    store = ModelStore(tmp_path / "root")
+    assert store.get("emotion-fer7@3").manifest.version == 3
+    assert store.aliases("emotion-fer7")["production"] == 4, "pulling a release moves no alias"
+    listed = json.loads(emoserve(tmp_path, "models", "catalog", "--json").stdout)
+    assert any(row["name"] == "emotion-fer7@3" and row["task"] == "release" for row in listed)
+
+
+def _tar(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_unpack_refuses_what_a_release_never_holds(mirror: Path, tmp_path: Path) -> None:
+    good = mirror / "emotion-ferplus8-fast-1.tar"
+    with tarfile.open(good) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+    cases = {
+        "escape": {**members, "../evil.txt": b"x"},
+        "tampered": {**members, "model.onnx": members["model.onnx"][:-1] + b"\0"},
+        "no manifest": {k: v for k, v in members.items() if k != MANIFEST_FILE},
+        "bad manifest": {**members, MANIFEST_FILE: b"{}"},
+    }
+    for label, content in cases.items():
+        dest = tmp_path / label
+        dest.mkdir()
+        with pytest.raises(ArtifactCorrupt):
+            unpack(_tar(tmp_path / f"{label}.tar", content), dest, limit=64 * 1024**2)
+    dest = tmp_path / "limit"
+    dest.mkdir()
+    with pytest.raises(ArtifactCorrupt, match="more files or bytes"):
+        unpack(good, dest, limit=1024)
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_wheel_carries_only_what_a_fresh_install_serves(tmp_path: Path) -> None:
+    """The Done-when of the slim package: `pip wheel . --no-deps` under 50 MB, holding the versions that the
+    shipped aliases point at and nothing else."""
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-q", "-w", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = tmp_path.glob("emoserve-*.whl")
+    assert wheel.stat().st_size < WHEEL_LIMIT, f"{wheel.name} is {wheel.stat().st_size / 1024**2:.1f} MB"
+    served = {
+        f"model_store/shipped/{folder.name}/{v}/model.onnx"
+        for folder in SHIPPED_ROOT.iterdir()
+        if folder.is_dir()
+        for v in set(json.loads((folder / "aliases.json").read_text())["aliases"].values())
+    }
+    with zipfile.ZipFile(wheel) as zf:
+        onnx = {n for n in zf.namelist() if n.endswith(".onnx")}
+    assert onnx == served

@@ -1,0 +1,72 @@
+"""Image degradations of small face crops, shared by the robustness suite (fixed strengths) and the
+training augmentation (random strengths, `random_degrade`).
+
+Sizes are defined at 48 px (FER) and scale with the image: the blur's sigma and the downscale's side are
+relative to a 48 px side, so a 96 px training image is degraded as its 48 px original would be.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+BASE_SIZE = 48  # the side at which the blur's sigma and the downscale's size are defined
+
+
+def blur(img: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """Gaussian blur of `sigma` pixels at 48 px (scaled with the image's side)."""
+    s = sigma * img.shape[1] / BASE_SIZE
+    return cv2.GaussianBlur(img, (0, 0), sigmaX=s, sigmaY=s, borderType=cv2.BORDER_REPLICATE)
+
+
+def jpeg(img: np.ndarray, quality: int = 30) -> np.ndarray:
+    """A JPEG round trip at `quality` (RGB images encoded as such, not as BGR)."""
+    rgb = img.ndim == 3
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if rgb else img,
+                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])  # fmt: skip
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    out = cv2.imdecode(buf, cv2.IMREAD_COLOR if rgb else cv2.IMREAD_GRAYSCALE)
+    if out is None:
+        raise ValueError("JPEG decoding failed")
+    return cv2.cvtColor(out, cv2.COLOR_BGR2RGB) if rgb else out
+
+
+def downscale(img: np.ndarray, side: float = 24) -> np.ndarray:
+    """Down to `side` px at 48 px (the same fraction of other sides), area averaging, and back up bilinearly."""
+    h, w = img.shape[:2]
+    small = cv2.resize(img, (max(1, round(w * side / BASE_SIZE)), max(1, round(h * side / BASE_SIZE))),
+                       interpolation=cv2.INTER_AREA)  # fmt: skip
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def tone(img: np.ndarray, brightness: float = 0.0, contrast: float = 1.0, gamma: float = 1.0) -> np.ndarray:
+    """Contrast about the image's mean, then brightness (grey levels), then gamma (out = 255 (in/255)^gamma)."""
+    x = img.astype(np.float32)
+    if contrast != 1.0:
+        x = (x - x.mean()) * contrast + x.mean()
+    x = np.clip(x + brightness, 0, 255)
+    if gamma != 1.0:
+        x = 255.0 * (x / 255.0) ** gamma
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def random_degrade(img: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
+    """With probability `prob`, one loss of detail (downscale to 16-40 px, blur of sigma 0.4-1.6 or a JPEG
+    round trip at quality 15-70, at 48 px), and independently with probability `prob` a random tone
+    (brightness +-50, contrast 0.5-1.3, gamma 0.55-2.0): the conditions a service's crops meet and FER's
+    images rarely show. The strengths bracket the robustness suite's."""
+    if prob <= 0:
+        return img
+    if rng.random() < prob:
+        kind = rng.integers(3)
+        if kind == 0:
+            img = downscale(img, rng.uniform(16, 40))
+        elif kind == 1:
+            img = blur(img, rng.uniform(0.4, 1.6))
+        else:
+            img = jpeg(img, int(rng.integers(15, 71)))
+    if rng.random() < prob:
+        gamma = float(np.exp(rng.uniform(np.log(0.55), np.log(2.0))))
+        img = tone(img, rng.uniform(-50, 50), rng.uniform(0.5, 1.3), gamma)
+    return img
