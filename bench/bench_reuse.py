@@ -112,6 +112,7 @@ def main() -> None:
         max_age_ms=s.ws_reclassify_ms,
         change=s.ws_reuse_change if args.change is None else args.change,
         margin=s.ws_reuse_margin,
+        classify_detected=s.ws_classify_detected,
     )
     pipe = Pipeline.load(s)
 

@@ -259,6 +259,67 @@ def test_stream_reuse_skips_unchanged_faces_and_agrees_with_full_analysis(tiny_p
         assert a.emotion.label == b.emotion.label
 
 
+@pytest.mark.parametrize("classify_detected", [True, False])
+def test_stream_reuse_classifies_only_detected_crops(tiny_pipeline: Pipeline, classify_detected: bool) -> None:
+    """With `classify_detected` (the default) a frame in which a face is classified again is detected first,
+    so the crop classified is the one full analysis makes; off, followed landmarks give the crop."""
+    from service.pipeline.stream_reuse import ReusePolicy, StreamState
+
+    policy = ReusePolicy(detect_every=5, reclassify_every=2, max_age_ms=1e9, margin=0.0,
+                         classify_detected=classify_detected)  # fmt: skip
+    noise = np.random.default_rng(1).integers(140, 220, (240, 320, 3)).astype(np.uint8)
+    textured = np.asarray(cv2.GaussianBlur(noise, (0, 0), 1), dtype=np.uint8)  # optical flow follows it
+
+    async def main() -> list[tuple[bool, bool]]:
+        state, seen = StreamState(), []
+        try:
+            for _ in range(6):
+                _, how = await tiny_pipeline.analyze_stream(textured, None, state, policy)
+                seen.append((how[0].classified, state.since_detect == 0))
+            return seen
+        finally:
+            await tiny_pipeline.aclose()
+
+    seen = asyncio.run(main())
+    assert [classified for classified, _ in seen] == [True, False, True, False, True, False]
+    detected = [True, False, True, False, True, False] if classify_detected else [True, False, False, False, False, True]
+    assert [d for _, d in seen] == detected
+
+
+@pytest.mark.shared
+def test_stream_reuse_agrees_with_full_analysis_on_woman2() -> None:
+    """The quality guard on real video (issue: reuse agrees with full per-frame analysis on >= 97% of
+    face-frames: box IoU >= 0.7 and the same label), default models and policy, the clip's first 120 frames."""
+    from service.pipeline.stream_reuse import ReusePolicy, StreamState
+    from service.pipeline.tracking import iou_matrix
+
+    cap = cv2.VideoCapture(str(shared_path("media", "videos", "woman2.mp4")))
+    frames = [f for ok, f in iter(cap.read, (False, None)) if ok][:120]  # type: ignore[arg-type]
+    cap.release()
+    pipe = Pipeline.load(get_settings())
+
+    async def main() -> tuple[int, int, int]:
+        state, agree, total, classified = StreamState(), 0, 0, 0
+        try:
+            for frame in frames:
+                full = await pipe.analyze(frame)
+                reused, how = await pipe.analyze_stream(frame, None, state, ReusePolicy())
+                classified += sum(h.classified for h in how)
+                for i, face in enumerate(full.faces):
+                    total += 1
+                    boxes = [[(f.box.x1, f.box.y1, f.box.x2, f.box.y2) for f in r.faces] for r in (full, reused)]
+                    iou = iou_matrix(boxes[0], boxes[1])[i] if reused.faces else np.zeros(1)
+                    j = int(np.argmax(iou))
+                    agree += bool(iou[j] >= 0.7 and reused.faces[j].emotion.label == face.emotion.label)
+            return agree, total, classified
+        finally:
+            await pipe.aclose()
+
+    agree, total, classified = asyncio.run(main())
+    assert total >= 100 and agree / total >= 0.97, f"{agree} of {total} face-frames agree"
+    assert classified < 0.8 * total, "reuse must still save classifications"
+
+
 def test_stream_reuse_off_does_all_the_work(tiny_pipeline: Pipeline) -> None:
     from service.pipeline.stream_reuse import ReusePolicy, StreamState
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -119,12 +121,20 @@ def test_unpack_refuses_what_a_release_never_holds(mirror: Path, tmp_path: Path)
 def test_wheel_carries_only_what_a_fresh_install_serves(tmp_path: Path) -> None:
     """The Done-when of the slim package: `pip wheel . --no-deps` under 50 MB, holding the versions that the
     shipped aliases point at and nothing else."""
+    src = tmp_path / "src"  # a copy: setuptools leaves build/ behind, and a stale build/lib leaks into wheels
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    for package in (pattern.rstrip("*") for pattern in find["include"]):
+        folder = next(Path(where) / package for where in find["where"] if (REPO / where / package).is_dir())
+        shutil.copytree(REPO / folder, src / folder, ignore=ignore)
+    for file in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / file, src / file)
     r = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-q", "-w", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+        [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-q", "-w", str(tmp_path / "dist")],
+        cwd=src, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
-    (wheel,) = tmp_path.glob("emoserve-*.whl")
+    (wheel,) = (tmp_path / "dist").glob("emoserve-*.whl")
     assert wheel.stat().st_size < WHEEL_LIMIT, f"{wheel.name} is {wheel.stat().st_size / 1024**2:.1f} MB"
     served = {
         f"model_store/shipped/{folder.name}/{v}/model.onnx"

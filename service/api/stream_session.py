@@ -284,6 +284,7 @@ class StreamSession:
             max_age_ms=s.ws_reclassify_ms,
             change=s.ws_reuse_change,
             margin=s.ws_reuse_margin,
+            classify_detected=s.ws_classify_detected,
         )
 
     async def _analyze(self, frame: PendingFrame) -> tuple[AnalysisResult, list[FaceReuse]]:

@@ -37,6 +37,7 @@ from service.pipeline.stream_reuse import (
     grey_for_flow,
     match_previous,
     needs_classifying,
+    stale,
     thumbnail,
 )
 from service.runtime.sessions import SessionPool
@@ -258,28 +259,50 @@ class Pipeline:
         t0 = time.perf_counter()
         bgr, decoded, size = self._decode(image)
         t1 = time.perf_counter()
-        grey, scale = grey_for_flow(bgr)
-        followed = None
         due = not state.faces or state.since_detect + 1 >= policy.detect_every
-        if not due and state.grey is not None and state.grey.shape == grey.shape:  # faces in full-image pixels
-            followed = follow(state.grey, grey, scale * decoded, [t.face for t in state.faces])
-        if followed is None:
+        if policy.classify_detected and not due:  # a face to classify whatever moved: detect, skip the flow
+            now = time.perf_counter()
+            due = any(stale(policy, t, now) for t in state.faces)
+        located: tuple[list[DetectedFace], list[TrackedFace | None]] | None = None
+        grey: np.ndarray | None = None  # this frame's, made only when faces are followed into it
+        if not due and state.frame is not None and state.frame.shape == bgr.shape:  # faces in full-image pixels
+            before_grey = state.grey if state.grey is not None else grey_for_flow(state.frame)[0]
+            grey, scale = grey_for_flow(bgr)
+            followed = follow(before_grey, grey, scale * decoded, [t.face for t in state.faces])
+            if followed is not None:
+                located = followed, list(state.faces)
+        fresh: list[np.ndarray | None] = []
+        if located is not None:
+            faces, before = located
+            matrices, crops, fresh = self._crops_to_classify(bgr, decoded, faces, before, policy)
+            if policy.classify_detected and any(f is not None for f in fresh):
+                located = None  # a face is classified again: detect, so its crop is the one full analysis makes
+            else:
+                state.since_detect += 1
+        if located is None:
             faces, state.since_detect = self._detect(bgr, opts, decoded), 0
             before = match_previous(state, faces)
-        else:
-            faces, before = followed, list(state.faces)
-            state.since_detect += 1
-        state.grey = grey
+            matrices, crops, fresh = self._crops_to_classify(bgr, decoded, faces, before, policy)
+        state.frame, state.grey = bgr, grey
         t2 = time.perf_counter()
-        pre = self.classifier.preprocessor
-        matrices = [pre.matrix(f.box, f.landmarks) for f in faces]
-        crops = [pre.warp(bgr, on_decoded(m, decoded)) for m in matrices]
-        thumbs = [thumbnail(c) for c in crops]
-        now = time.perf_counter()
-        fresh = [t if needs_classifying(policy, b, t, now) else None for t, b in zip(thumbs, before, strict=True)]
         batch = self.classifier.preprocessor.normalize([c for c, f in zip(crops, fresh, strict=True) if f is not None])
         t3 = time.perf_counter()
         return _Prepared(size, faces, matrices, batch, t1 - t0, t2 - t1, t3 - t2), fresh, before
+
+    def _crops_to_classify(
+        self, bgr: np.ndarray, decoded: float, faces: list[DetectedFace], before: list[TrackedFace | None],
+        policy: ReusePolicy,
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray | None]]:  # fmt: skip
+        """The faces' alignment matrices and crops, and the thumbnails of those to classify (None: reused)."""
+        pre = self.classifier.preprocessor
+        matrices = [pre.matrix(f.box, f.landmarks) for f in faces]
+        crops = [pre.warp(bgr, on_decoded(m, decoded)) for m in matrices]
+        now = time.perf_counter()
+        fresh = [
+            t if needs_classifying(policy, b, t, now) else None
+            for t, b in zip(map(thumbnail, crops), before, strict=True)
+        ]
+        return matrices, crops, fresh
 
     def analyze_sync(self, image: ImageInput, options: OptionsInput = None) -> AnalysisResult:
         """Blocking analysis without the batcher (CLI, scripts); the same result as `analyze`."""

@@ -2,11 +2,13 @@
 an emotion is classified again only when its face has changed enough or has grown too old.
 
 Per processed frame:
-- **Detection** runs when the stream has no faces, every `detect_every` processed frames, and
-  whenever following fails. In between, each face's five landmarks and box corners are followed
-  with pyramidal Lucas-Kanade optical flow (OpenCV) on a grey copy of the frame at most
-  `FLOW_SIDE` px wide; a point lost, or one whose backward flow misses its start by more than
-  `FLOW_MAX_ERROR_PX`, hands the frame to the detector.
+- **Detection** runs when the stream has no faces, every `detect_every` processed frames, whenever
+  following fails, and (`classify_detected`) whenever a face is to be classified again: a classified
+  crop is then the one full analysis makes from the same frame, not one aligned on followed landmarks.
+  In between, each face's five landmarks and box corners are followed with pyramidal Lucas-Kanade
+  optical flow (OpenCV) on grey copies of the frames at most `FLOW_SIDE` px wide (made only for frames
+  that faces are followed between); a point lost, or one whose backward flow misses its start by more
+  than `FLOW_MAX_ERROR_PX`, hands the frame to the detector.
 - **Classification** of a face is skipped when it continues a face of the previous frame (followed,
   or matched by IoU after a detection), its emotion is younger than `reclassify_every` frames and
   `max_age_ms`, it was clear (top probability ahead of the second by at least `margin`: a face near
@@ -42,8 +44,9 @@ class ReusePolicy:
     detect_every: int = 5
     reclassify_every: int = 15
     max_age_ms: float = 1000.0
-    change: float = 10.0
+    change: float = 6.0
     margin: float = 0.3
+    classify_detected: bool = True
 
 
 @dataclass
@@ -71,12 +74,13 @@ class StreamState:
     """What one stream carries from frame to frame."""
 
     faces: list[TrackedFace] = field(default_factory=list)
-    grey: np.ndarray | None = None  # the last frame, grey, at flow scale
+    frame: np.ndarray | None = None  # the last frame, as decoded
+    grey: np.ndarray | None = None  # the same, grey at flow scale, when it was made (following needs it)
     since_detect: int = 0
     owner: object | None = None  # the pipeline whose classifier made `probs`
 
     def reset(self) -> None:
-        self.faces, self.grey, self.since_detect = [], None, 0
+        self.faces, self.frame, self.grey, self.since_detect = [], None, None, 0
 
 
 def grey_for_flow(bgr: np.ndarray) -> tuple[np.ndarray, float]:
@@ -85,8 +89,10 @@ def grey_for_flow(bgr: np.ndarray) -> tuple[np.ndarray, float]:
 
     h, w = bgr.shape[:2]
     scale = min(1.0, FLOW_SIDE / max(h, w))
-    small = bgr if scale == 1.0 else cv2.resize(bgr, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(small, cv2.COLOR_BGR2GRAY), scale
+    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)  # first: one channel to resize, not three
+    return (
+        grey if scale == 1.0 else cv2.resize(grey, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    ), scale
 
 
 def _points(face: DetectedFace) -> np.ndarray:
@@ -155,12 +161,19 @@ def change(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).reshape(GRID, cell, GRID, cell).mean(axis=(1, 3)).max())
 
 
-def needs_classifying(policy: ReusePolicy, before: TrackedFace | None, thumb: np.ndarray, now: float) -> bool:
+def stale(policy: ReusePolicy, before: TrackedFace | None, now: float) -> bool:
+    """Whether a face's emotion must be classified again whatever its crop: it continues no face, or its
+    emotion is too old, or it was unclear (top two probabilities closer than `margin`)."""
     if before is None or before.probs is None or before.thumb is None:
         return True
     if before.age + 1 >= policy.reclassify_every or (now - before.classified_at) * 1000.0 >= policy.max_age_ms:
         return True
     top2 = np.sort(before.probs)[-2:]
-    if float(top2[1] - top2[0]) < policy.margin:
+    return float(top2[1] - top2[0]) < policy.margin
+
+
+def needs_classifying(policy: ReusePolicy, before: TrackedFace | None, thumb: np.ndarray, now: float) -> bool:
+    if stale(policy, before, now):
         return True
+    assert before is not None and before.thumb is not None
     return change(thumb, before.thumb) >= policy.change
