@@ -294,7 +294,7 @@ def test_stream_reuse_agrees_with_full_analysis_on_woman2() -> None:
     from service.pipeline.tracking import iou_matrix
 
     cap = cv2.VideoCapture(str(shared_path("media", "videos", "woman2.mp4")))
-    frames = [f for ok, f in iter(cap.read, (False, None)) if ok][:120]  # type: ignore[arg-type]
+    frames = [f for ok, f in iter(cap.read, (False, None)) if ok][:120]
     cap.release()
     pipe = Pipeline.load(get_settings())
 
