@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from model_store import ModelStore  # noqa: E402
+from model_store.storage import LocalStorage  # noqa: E402
 
 DEFAULT_MODELS = [  # versions 4 (2 for -fast) are 3 (1) re-exported with a `cam` output, fetched here as served
     "emotion-ferplus8@3",
@@ -59,7 +60,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     args = parser.parse_args()
-    store = ModelStore(REPO / "releases")  # the earlier versions kept in the repository, over the shipped layer
+    store = ModelStore(
+        LocalStorage(REPO / "releases", read_only=True)
+    )  # the earlier versions kept in the repository, over the shipped layer
     rows = []
     base: dict[tuple[int, int], float] = {}
     cases = [(ref, b, t) for ref in args.models for t in args.threads for b in args.batch]

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from model_store import ModelStore  # noqa: E402
+from model_store.storage import LocalStorage  # noqa: E402
 from service.pipeline.analyze import Pipeline  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
@@ -38,7 +39,7 @@ def main() -> None:
     data = args.photo.read_bytes()
     with tempfile.TemporaryDirectory() as root:
         settings = Settings(model_root=Path(root))
-        store = ModelStore(settings.model_root)  # the shipped layer
+        store = ModelStore(LocalStorage(REPO / "releases", read_only=True))  # version 3 too, over the shipped layer
         pipelines = {ref: Pipeline.load(settings, store=store, classifier_ref=ref) for ref, _ in CASES}
         try:
             faces = {case: len(pipelines[case[0]].analyze_sync(data, {"explain": case[1]}).faces) for case in CASES}

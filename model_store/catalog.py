@@ -99,6 +99,7 @@ class ReleaseEntry(BaseModel):
     file: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size: int = Field(gt=0)
+    model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="of the model file inside: which version it is")
     sha256_origin: str = "release"
     config: str = Field(description="the training config(s) that reproduce it, relative to the repository")
     sources: list[Source]
@@ -135,7 +136,7 @@ class Catalog:
             releases = {}
             for ref, body in (raw.get("releases") or {}).items():
                 name, _, version = str(ref).partition("@")
-                entry = ReleaseEntry.model_validate({"name": validate_name(name), "version": version, **body})
+                entry = ReleaseEntry.model_validate({**body, "name": validate_name(name), "version": version})
                 releases[entry.ref] = entry
         except (OSError, yaml.YAMLError, ValidationError, ValueError) as exc:
             raise CatalogError(f"catalog {path} is invalid: {exc}") from exc

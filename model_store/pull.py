@@ -130,13 +130,16 @@ def pull_release(
     under the same version number, manifest and card as it was published with. No alias is set."""
     entry = (catalog or Catalog.load()).release(ref)
     if entry.version in store.versions(entry.name):
-        return PullResult(store.manifest(entry.ref), "store", already_present=True)
+        present = store.manifest(entry.ref)
+        if next(f.sha256 for f in present.files if f.path == present.model_file) != entry.model_sha256:
+            raise PullFailed(ref, [("store", f"its {ref} is another model than the release (model sha256 differs)")])
+        return PullResult(present, "store", already_present=True)
     with tempfile.TemporaryDirectory(prefix="emoserve-pull-") as tmp:
         work = Path(tmp)
         path, where, attempts = _fetch_first(entry, mirror, work, progress)
         unpacked = work / "unpacked"
         unpacked.mkdir()
-        m = unpack(path, unpacked, MAX_ARCHIVE_BYTES)
+        m = unpack(path, unpacked, entry.size)
         if (m.name, m.version) != (entry.name, entry.version):
             raise PullFailed(ref, [*attempts, (where, f"the artifact holds {m.name}@{m.version}")])
         card = (unpacked / CARD_FILE).read_text(encoding="utf-8") if (unpacked / CARD_FILE).is_file() else None

@@ -3,8 +3,9 @@ NAME@VERSION` installs back under the same version number.
 
 The package ships only the versions a fresh install serves; earlier ones live as release artifacts listed in
 the catalog's `releases` section (sha256, size, where to fetch them, the training config that made them).
-`pack` writes the same bytes for the same version every time (sorted members, zero times and owners), so a
-catalog's sha256 can be checked against an artifact packed anywhere.
+`pack` writes the same bytes for the same version every time (sorted members, zero times and owners, the
+manifest in its canonical form), so a catalog's sha256 can be checked against an artifact packed from any
+store that holds the version, including one that pulled it.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def pack(store: ModelStore, ref: str, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / artifact_name(m.name, m.version)
     with tarfile.open(target, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for member in names:
-            data = (resolved.path / member).read_bytes()
+        for member in names:  # the manifest as this code writes it: a pulled copy packs to the same bytes
+            data = m.to_json().encode() if member == MANIFEST_FILE else (resolved.path / member).read_bytes()
             info = tarfile.TarInfo(member)
             info.size, info.mode, info.mtime = len(data), 0o644, 0
             tar.addfile(info, io.BytesIO(data))
@@ -53,19 +54,20 @@ def unpack(archive: Path, dest: Path, limit: int) -> Manifest:
             if len(members) > MAX_MEMBERS or sum(m.size for m in members) > limit:
                 raise ArtifactCorrupt(f"{archive.name}: more files or bytes than a release artifact holds")
             for member in members:
-                if not member.isfile() or Path(member.name).name != member.name or member.name.startswith("."):
-                    raise ArtifactCorrupt(f"{archive.name}: unexpected member {member.name!r}")
+                name = member.name
+                if not member.isfile() or not name or Path(name).name != name or name.startswith("."):
+                    raise ArtifactCorrupt(f"{archive.name}: unexpected member {name!r}")
                 src = tar.extractfile(member)
                 if src is None:
-                    raise ArtifactCorrupt(f"{archive.name}: cannot read {member.name!r}")
-                (dest / member.name).write_bytes(src.read())
-    except tarfile.TarError as exc:
+                    raise ArtifactCorrupt(f"{archive.name}: cannot read {name!r}")
+                (dest / name).write_bytes(src.read())
+    except (tarfile.TarError, OSError) as exc:
         raise ArtifactCorrupt(f"{archive.name} is not a release artifact: {exc}") from exc
     if not (dest / MANIFEST_FILE).is_file():
         raise ArtifactCorrupt(f"{archive.name} has no {MANIFEST_FILE}")
     try:
         manifest = Manifest.from_file(dest / MANIFEST_FILE)
-    except ValidationError as exc:
+    except (ValidationError, UnicodeDecodeError) as exc:
         raise ArtifactCorrupt(f"{archive.name}: its {MANIFEST_FILE} is invalid: {exc}") from exc
     verify_files(manifest, dest)
     return manifest

@@ -279,21 +279,17 @@ class ModelStore:
     def _rollback_plan(self, name: str, alias: str, data: dict[str, Any]) -> tuple[int, bool]:
         """The version before the alias's last change, and whether reaching it drops the root's override.
 
-        The shipped layer's history comes first: a fresh install rolls back to the production version the
-        package shipped before the current one."""
+        The root's own history comes first; once it is used up, the override is dropped and the shipped
+        alias applies again. With no override, the shipped layer's history says what production was before
+        the version the package ships: a fresh install rolls back to the previous production version."""
         shipped_data = self.shipped.read_aliases(name) if self.shipped else {"aliases": {}, "history": []}
-        stack: list[int] = []
-        for entry in [*shipped_data["history"], *data["history"]]:
-            if entry["alias"] != alias:
-                continue
-            if entry["action"] == "set":
-                stack.append(int(entry["version"]))
-            elif entry["action"] == "rollback" and stack:
-                stack.pop()
         shipped = shipped_data["aliases"].get(alias)
-        if len(stack) >= 2:
+        if data["aliases"].get(alias) is None:  # the shipped alias applies: step back through its history
+            if len(stack := _set_stack(shipped_data["history"], alias)) >= 2:
+                return stack[-2], False
+        elif len(stack := _set_stack(data["history"], alias)) >= 2:
             return stack[-2], False
-        if data["aliases"].get(alias) is not None and shipped is not None:
+        elif shipped is not None:
             return int(shipped), True  # drop the override: the shipped alias applies again
         raise AliasNotFound(f"{name}@{alias} has no earlier version to roll back to")
 
@@ -331,6 +327,19 @@ class ModelStore:
                 raise VersionInUse(f"{name}@{version} is referenced by alias(es) {', '.join(users)}; move them first")
             self.storage.delete_version(name, version)
         self._emit(StoreEvent("remove", name, version))
+
+
+def _set_stack(history: list[dict[str, Any]], alias: str) -> list[int]:
+    """The versions `alias` was set to, latest last, each rollback undoing the latest set."""
+    stack: list[int] = []
+    for entry in history:
+        if entry["alias"] != alias:
+            continue
+        if entry["action"] == "set":
+            stack.append(int(entry["version"]))
+        elif entry["action"] == "rollback" and stack:
+            stack.pop()
+    return stack
 
 
 def _history(alias: str, version: int, previous: int | None, action: str) -> dict[str, Any]:

@@ -8,12 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from model_store import ModelStore
+from model_store.catalog import CATALOG_PATH
 from tests.api_server import redis_server
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EMOSERVE_SHARED_DIR", REPO.parent / "shared")).resolve()
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing answers, the connection is refused at once
 
 
 def shared_path(*parts: str) -> Path:
@@ -59,3 +62,16 @@ def private_redis_url() -> Iterator[str]:
         pytest.skip("needs the redis-server binary")
     with redis_server() as url:
         yield url
+
+
+@pytest.fixture()
+def offline_catalog(tmp_path: Path) -> Path:
+    """The shipped catalog with every URL source pointed at an address that cannot be reached."""
+    raw = yaml.safe_load(CATALOG_PATH.read_text(encoding="utf-8"))
+    for entry in [*raw["models"].values(), *(raw.get("releases") or {}).values()]:
+        for source in entry["sources"]:
+            if source["type"] == "url":
+                source["url"] = f"{UNREACHABLE}/{source['url'].rsplit('/', 1)[-1]}"
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path

@@ -187,7 +187,23 @@ def test_shipped_layer_is_read_only_and_overridable(tmp_path: Path) -> None:
     assert store.get("det@production").layer == "local"
     assert store.rollback("det") == 1  # drops the override: the shipped alias applies again
     assert store.get("det@production").layer == "shipped"
+    assert "production" not in store.storage.read_aliases("det")["aliases"]
     assert [s.versions for s in store.summaries()] == [[1, 2]]
+
+
+def test_rollback_on_a_fresh_install_follows_the_shipped_history(tmp_path: Path) -> None:
+    """A package whose production moved from 1 to 2: a fresh root rolls back to 1 (an override), the next
+    rollback drops it; a later package shipping 3 is then what production is, not a masked old version."""
+    shipped = ModelStore(tmp_path / "shipped", shipped=None)
+    for content in (b"1", b"2"):
+        shipped.publish(DRAFT, {"model.onnx": _file(tmp_path, content)}, alias="production")
+    store = ModelStore(tmp_path / "root", shipped=tmp_path / "shipped")
+    assert store.rollback_target("det") == 1
+    assert store.rollback("det") == 1 and store.aliases("det")["production"] == 1
+    assert store.rollback("det") == 2 and "production" not in store.storage.read_aliases("det")["aliases"]
+    shipped.publish(DRAFT, {"model.onnx": _file(tmp_path, b"3")}, alias="production")  # a newer package
+    assert store.aliases("det")["production"] == 3
+    assert store.rollback("det") == 2  # its own history: 3 came after 2
 
 
 def _publish_many(root: str, content: bytes, count: int, out: mp.Queue) -> None:

@@ -8,32 +8,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from fastapi.testclient import TestClient
 
 from model_store import ModelStore, PullFailed
-from model_store.catalog import CATALOG_PATH, Catalog
+from model_store.catalog import Catalog
 from model_store.pull import pull
 from service.api.app import create_app
 from service.settings import Settings
 from tests.api_server import REPO, run_server
-from tests.conftest import shared_path
+from tests.conftest import UNREACHABLE, shared_path
 
-UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing answers, the connection is refused at once
 YUNET_SHA = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
-
-
-@pytest.fixture()
-def offline_catalog(tmp_path: Path) -> Path:
-    """The shipped catalog with every URL source pointed at an address that cannot be reached."""
-    raw = yaml.safe_load(CATALOG_PATH.read_text(encoding="utf-8"))
-    for entry in raw["models"].values():
-        for source in entry["sources"]:
-            if source["type"] == "url":
-                source["url"] = f"{UNREACHABLE}/{source['url'].rsplit('/', 1)[-1]}"
-    path = tmp_path / "catalog.yaml"
-    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    return path
 
 
 def test_shipped_default_detector_verifies(tmp_path: Path) -> None:

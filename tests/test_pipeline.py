@@ -260,13 +260,19 @@ def test_stream_reuse_skips_unchanged_faces_and_agrees_with_full_analysis(tiny_p
 
 
 @pytest.mark.parametrize("classify_detected", [True, False])
-def test_stream_reuse_classifies_only_detected_crops(tiny_pipeline: Pipeline, classify_detected: bool) -> None:
+@pytest.mark.parametrize("why", ["age", "crop change"])
+def test_stream_reuse_classifies_only_detected_crops(
+    tiny_pipeline: Pipeline, classify_detected: bool, why: str
+) -> None:
     """With `classify_detected` (the default) a frame in which a face is classified again is detected first,
-    so the crop classified is the one full analysis makes; off, followed landmarks give the crop."""
+    so the crop classified is the one full analysis makes; off, followed landmarks give the crop. Both ways a
+    face comes to be classified again: its emotion's age (known before following), and its crop's change
+    (known only after following: the followed crop is then dropped for a detected one)."""
     from service.pipeline.stream_reuse import ReusePolicy, StreamState
 
-    policy = ReusePolicy(detect_every=5, reclassify_every=2, max_age_ms=1e9, margin=0.0,
-                         classify_detected=classify_detected)  # fmt: skip
+    by_age = why == "age"
+    policy = ReusePolicy(detect_every=5, reclassify_every=2 if by_age else 100, max_age_ms=1e9, margin=0.0,
+                         change=6.0 if by_age else 0.0, classify_detected=classify_detected)  # fmt: skip
     noise = np.random.default_rng(1).integers(140, 220, (240, 320, 3)).astype(np.uint8)
     textured = np.asarray(cv2.GaussianBlur(noise, (0, 0), 1), dtype=np.uint8)  # optical flow follows it
 
@@ -281,9 +287,10 @@ def test_stream_reuse_classifies_only_detected_crops(tiny_pipeline: Pipeline, cl
             await tiny_pipeline.aclose()
 
     seen = asyncio.run(main())
-    assert [classified for classified, _ in seen] == [True, False, True, False, True, False]
-    detected = [True, False, True, False, True, False] if classify_detected else [True, False, False, False, False, True]
-    assert [d for _, d in seen] == detected
+    classified = [True, False, True, False, True, False] if by_age else [True] * 6
+    assert [c for c, _ in seen] == classified
+    by_count = [True, False, False, False, False, True]  # detect_every=5
+    assert [d for _, d in seen] == (classified if classify_detected else by_count)
 
 
 @pytest.mark.shared

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from model_store import ArtifactCorrupt, ModelStore
+from model_store import ArtifactCorrupt, ModelStore, PullFailed
 from model_store.catalog import Catalog
 from model_store.hashing import sha256_file
 from model_store.manifest import MANIFEST_FILE, Manifest
+from model_store.pull import pull
 from model_store.release import artifact_name, pack, unpack
 from model_store.store import SHIPPED_ROOT
 from tests.test_cli_models import emoserve
@@ -52,8 +53,12 @@ def test_catalog_releases_are_the_repository_versions(mirror: Path, tmp_path: Pa
     assert sha256_file(again) == releases["emotion-fer7@3"].sha256
 
 
-def test_rollback_on_a_fresh_install_pulls_the_previous_production(mirror: Path, tmp_path: Path) -> None:
-    offline = emoserve(tmp_path, "models", "rollback", "emotion-ferplus8")
+def test_rollback_on_a_fresh_install_pulls_the_previous_production(
+    mirror: Path, tmp_path: Path, offline_catalog: Path
+) -> None:
+    offline = emoserve(
+        tmp_path, "models", "rollback", "emotion-ferplus8", env={"EMOSERVE_CATALOG": str(offline_catalog)}
+    )
     assert offline.returncode != 0
     assert "emoserve models pull emotion-ferplus8@3 --mirror DIR" in offline.stdout + offline.stderr
     assert "training/configs/emotion-ferplus8.yaml" in offline.stdout + offline.stderr
@@ -69,6 +74,8 @@ def test_rollback_on_a_fresh_install_pulls_the_previous_production(mirror: Path,
     kept = Manifest.from_file(RELEASES / "emotion-ferplus8" / "3" / MANIFEST_FILE)
     assert installed.manifest == kept, "the manifest travels unchanged"
     assert (installed.path / "MODEL_CARD.md").read_text() == (RELEASES / "emotion-ferplus8/3/MODEL_CARD.md").read_text()
+    repacked = pack(store, "emotion-ferplus8@3", tmp_path / "repacked")  # a store that pulled it packs it again
+    assert sha256_file(repacked) == Catalog.load().release("emotion-ferplus8@3").sha256
 
     # the next rollback returns to the shipped production version; a second pull is a no-op
     r = emoserve(tmp_path, "models", "rollback", "emotion-ferplus8", env=env)
@@ -85,6 +92,17 @@ def test_pull_of_a_release_installs_it_under_its_version(mirror: Path, tmp_path:
     assert store.aliases("emotion-fer7")["production"] == 4, "pulling a release moves no alias"
     listed = json.loads(emoserve(tmp_path, "models", "catalog", "--json").stdout)
     assert any(row["name"] == "emotion-fer7@3" and row["task"] == "release" for row in listed)
+
+
+def test_a_store_version_with_another_model_is_not_the_release(mirror: Path, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "root", shipped=None)
+    for content in (b"one", b"two", b"three"):  # a local emotion-fer7@3 that is not the release
+        (tmp_path / "m.onnx").write_bytes(content)
+        draft = {"name": "emotion-fer7", "task": "emotion_classifier", "family": "x", "labels": ["a", "b"],
+                 "inputs": [{"name": "x", "shape": [1, 1, 48, 48]}]}  # fmt: skip
+        store.publish(draft, {"model.onnx": tmp_path / "m.onnx"})
+    with pytest.raises(PullFailed, match="another model"):
+        pull(store, "emotion-fer7@3", mirror=mirror, progress=False)
 
 
 def _tar(path: Path, members: dict[str, bytes]) -> Path:

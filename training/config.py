@@ -89,6 +89,8 @@ class TrainConfig:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
         if not 0.0 <= self.degrade <= 1.0:
             raise ValueError(f"degrade must be a probability in [0, 1], got {self.degrade}")
+        if self.degrade > 0 and self.augment == "none":
+            raise ValueError("degrade is part of the augmentation: it needs augment standard or balanced, not none")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if not 0.0 <= self.distill_weight <= 1.0 or self.distill_temperature <= 0:

@@ -264,17 +264,18 @@ class Pipeline:
             now = time.perf_counter()
             due = any(stale(policy, t, now) for t in state.faces)
         located: tuple[list[DetectedFace], list[TrackedFace | None]] | None = None
-        grey: np.ndarray | None = None  # this frame's, made only when faces are followed into it
-        if not due and state.frame is not None and state.frame.shape == bgr.shape:  # faces in full-image pixels
-            before_grey = state.grey if state.grey is not None else grey_for_flow(state.frame)[0]
+        grey: np.ndarray | None = None  # this frame's, made only when faces are followed into or out of it
+        if not due and state.grey is not None:
             grey, scale = grey_for_flow(bgr)
-            followed = follow(before_grey, grey, scale * decoded, [t.face for t in state.faces])
-            if followed is not None:
-                located = followed, list(state.faces)
-        fresh: list[np.ndarray | None] = []
+            if grey.shape == state.grey.shape:  # faces in full-image pixels
+                followed = follow(state.grey, grey, scale * decoded, [t.face for t in state.faces])
+                located = None if followed is None else (followed, list(state.faces))
+        align_s = 0.0
         if located is not None:
             faces, before = located
+            ta = time.perf_counter()
             matrices, crops, fresh = self._crops_to_classify(bgr, decoded, faces, before, policy)
+            align_s += time.perf_counter() - ta
             if policy.classify_detected and any(f is not None for f in fresh):
                 located = None  # a face is classified again: detect, so its crop is the one full analysis makes
             else:
@@ -282,12 +283,17 @@ class Pipeline:
         if located is None:
             faces, state.since_detect = self._detect(bgr, opts, decoded), 0
             before = match_previous(state, faces)
+            ta = time.perf_counter()
             matrices, crops, fresh = self._crops_to_classify(bgr, decoded, faces, before, policy)
-        state.frame, state.grey = bgr, grey
+            align_s += time.perf_counter() - ta
+        # a small grey copy of the frame (not the frame) for the next one to follow from, unless it is due
+        may_follow = bool(faces) and state.since_detect + 1 < policy.detect_every
+        state.grey = (grey if grey is not None else grey_for_flow(bgr)[0]) if may_follow else None
         t2 = time.perf_counter()
         batch = self.classifier.preprocessor.normalize([c for c, f in zip(crops, fresh, strict=True) if f is not None])
         t3 = time.perf_counter()
-        return _Prepared(size, faces, matrices, batch, t1 - t0, t2 - t1, t3 - t2), fresh, before
+        prep = _Prepared(size, faces, matrices, batch, t1 - t0, t2 - t1 - align_s, t3 - t2 + align_s)
+        return prep, fresh, before
 
     def _crops_to_classify(
         self, bgr: np.ndarray, decoded: float, faces: list[DetectedFace], before: list[TrackedFace | None],

@@ -6,8 +6,8 @@ Per processed frame:
   following fails, and (`classify_detected`) whenever a face is to be classified again: a classified
   crop is then the one full analysis makes from the same frame, not one aligned on followed landmarks.
   In between, each face's five landmarks and box corners are followed with pyramidal Lucas-Kanade
-  optical flow (OpenCV) on grey copies of the frames at most `FLOW_SIDE` px wide (made only for frames
-  that faces are followed between); a point lost, or one whose backward flow misses its start by more
+  optical flow (OpenCV) on grey copies of the frames at most `FLOW_SIDE` px wide (a stream keeps one,
+  only when the next frame may follow its faces); a point lost, or one whose backward flow misses its start by more
   than `FLOW_MAX_ERROR_PX`, hands the frame to the detector.
 - **Classification** of a face is skipped when it continues a face of the previous frame (followed,
   or matched by IoU after a detection), its emotion is younger than `reclassify_every` frames and
@@ -74,13 +74,12 @@ class StreamState:
     """What one stream carries from frame to frame."""
 
     faces: list[TrackedFace] = field(default_factory=list)
-    frame: np.ndarray | None = None  # the last frame, as decoded
-    grey: np.ndarray | None = None  # the same, grey at flow scale, when it was made (following needs it)
+    grey: np.ndarray | None = None  # the last frame, grey at flow scale, kept when the next frame may follow
     since_detect: int = 0
     owner: object | None = None  # the pipeline whose classifier made `probs`
 
     def reset(self) -> None:
-        self.faces, self.frame, self.grey, self.since_detect = [], None, None, 0
+        self.faces, self.grey, self.since_detect = [], None, 0
 
 
 def grey_for_flow(bgr: np.ndarray) -> tuple[np.ndarray, float]:
@@ -161,15 +160,22 @@ def change(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).reshape(GRID, cell, GRID, cell).mean(axis=(1, 3)).max())
 
 
+def clear(policy: ReusePolicy, face: TrackedFace) -> bool:
+    """Whether the face's emotion was clear: top probability ahead of the second by at least `margin`."""
+    if face.probs is None:
+        return False
+    top2 = np.sort(face.probs)[-2:]
+    return float(top2[1] - top2[0]) >= policy.margin
+
+
 def stale(policy: ReusePolicy, before: TrackedFace | None, now: float) -> bool:
     """Whether a face's emotion must be classified again whatever its crop: it continues no face, or its
-    emotion is too old, or it was unclear (top two probabilities closer than `margin`)."""
+    emotion is too old, or it was unclear (`clear`)."""
     if before is None or before.probs is None or before.thumb is None:
         return True
     if before.age + 1 >= policy.reclassify_every or (now - before.classified_at) * 1000.0 >= policy.max_age_ms:
         return True
-    top2 = np.sort(before.probs)[-2:]
-    return float(top2[1] - top2[0]) < policy.margin
+    return not clear(policy, before)
 
 
 def needs_classifying(policy: ReusePolicy, before: TrackedFace | None, thumb: np.ndarray, now: float) -> bool:
