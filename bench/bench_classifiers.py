@@ -59,10 +59,10 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--root", type=Path, help="a model store to read (default: the repository's releases/)")
     args = parser.parse_args()
-    store = ModelStore(
-        LocalStorage(REPO / "releases", read_only=True)
-    )  # the earlier versions kept in the repository, over the shipped layer
+    # the earlier versions kept in the repository (or a store of your own), over the shipped layer; read only
+    store = ModelStore(LocalStorage(args.root or REPO / "releases", read_only=True))
     rows = []
     base: dict[tuple[int, int], float] = {}
     cases = [(ref, b, t) for ref in args.models for t in args.threads for b in args.batch]

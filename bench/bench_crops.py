@@ -63,11 +63,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["emotion-ferplus8@production"])
     ap.add_argument("--every", type=int, default=15, help="video frames: one in this many")
+    ap.add_argument("--root", type=Path, help="a model store to read (default: the repository's releases/)")
     args = ap.parse_args()
     if not MEDIA.is_dir():
         sys.exit(f"needs {MEDIA} (the ../shared folder beside the checkout)")
     settings = get_settings()
-    store = ModelStore(LocalStorage(REPO / "releases", read_only=True))  # the earlier versions, over the shipped
+    store = ModelStore(LocalStorage(args.root or REPO / "releases", read_only=True))  # over the shipped layer
     images = frames(args.every)
     table = Table(title=f"serve path vs training path, {len(images)} images")
     for col in ("model", "faces", "label changes", "mean TV distance", "serve-path labels"):
