@@ -104,6 +104,8 @@ def main() -> None:
     ap.add_argument("--detect-every", type=int, default=None)
     ap.add_argument("--reclassify-every", type=int, default=None)
     ap.add_argument("--change", type=float, default=None)
+    ap.add_argument("--classify-detected", action=argparse.BooleanOptionalAction, default=None,
+                    help="detect every frame in which a face is classified again (default: the setting)")  # fmt: skip
     args = ap.parse_args()
     s = get_settings()
     policy = ReusePolicy(
@@ -112,7 +114,7 @@ def main() -> None:
         max_age_ms=s.ws_reclassify_ms,
         change=s.ws_reuse_change if args.change is None else args.change,
         margin=s.ws_reuse_margin,
-        classify_detected=s.ws_classify_detected,
+        classify_detected=s.ws_classify_detected if args.classify_detected is None else args.classify_detected,
     )
     pipe = Pipeline.load(s)
 

@@ -156,7 +156,9 @@ def paced_tables(url: str, modes: list[bool], sizes: list[int]) -> None:
                       f"{r['p95']:>7.1f} | {r['tracks']:>9} | {reference['tracks']:>7}")  # fmt: skip
 
 
-def start_server(stack: ExitStack, classifier: str = "emotion-ferplus8@production") -> str:
+def start_server(
+    stack: ExitStack, classifier: str = "emotion-ferplus8@production", extra: dict[str, str] | None = None
+) -> str:
     from model_store import ModelStore
     from tests.api_server import run_server
     from tests.helpers.tiny_models import publish_test_detector, publish_tiny_classifier, publish_yunet
@@ -179,9 +181,10 @@ def start_server(stack: ExitStack, classifier: str = "emotion-ferplus8@productio
         "EMOSERVE_CLASSIFIER": classifier,
         "EMOSERVE_WS_MAX_FPS": "0",
         "EMOSERVE_LOG_LEVEL": "WARNING",
+        **(extra or {}),
     }
     server = stack.enter_context(run_server(env, work))
-    print(f"server: {detector} + {classifier}")
+    print(f"server: {detector} + {classifier}" + "".join(f", {k}={v}" for k, v in (extra or {}).items()))
     return server.url
 
 
@@ -194,6 +197,8 @@ def main() -> None:
         "--classifier", default="emotion-ferplus8@production", help="e.g. emotion-ferplus8-fast@production"
     )
     parser.add_argument("--reuse", choices=["on", "off", "both"], default="both", help="reuse across frames")
+    parser.add_argument("--set", action="append", default=[], metavar="EMOSERVE_NAME=VALUE",
+                        help="a setting of the server started here (repeat): EMOSERVE_WS_REUSE_CHANGE=6")  # fmt: skip
     parser.add_argument("--paced", action="store_true", help="also the paced runs of the shared clips")
     parser.add_argument(
         "--send-sizes", default="0,640", help="paced frames' longest side: 0 = as recorded, 640 = the hello's size"
@@ -202,7 +207,8 @@ def main() -> None:
     modes = {"on": [True], "off": [False], "both": [False, True]}[args.reuse]
     frames = make_frames()
     with ExitStack() as stack:
-        base = args.url or start_server(stack, args.classifier)
+        extra = dict(item.split("=", 1) for item in args.set)
+        base = args.url or start_server(stack, args.classifier, extra)
         url = base.replace("http", "ws", 1).rstrip("/") + "/v1/stream"
         asyncio.run(one_stream(url, frames, 1.0))  # warm-up
         print(f"{'streams':>7} | {'reuse':>5} | {'fps/stream':>10} | {'total fps':>9} | {'p50 ms':>7} | {'p95 ms':>7}")

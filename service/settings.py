@@ -127,15 +127,15 @@ class Settings(BaseSettings):
         1000.0, gt=0.0, le=60_000.0, description="With reuse: ... or after this many milliseconds."
     )
     ws_reuse_change: float = Field(
-        6.0,
+        10.0,
         ge=0.0,
         le=255.0,
         description="With reuse: crop change (0-255, in any cell of a 4x4 grid) that forces reclassifying.",
     )
     ws_classify_detected: bool = Field(
-        True,
-        description="With reuse: a frame in which any face is classified again is detected first, so the crops"
-        " classified are those a full analysis makes (false: crops from the followed landmarks; less agreement).",
+        False,
+        description="With reuse: detect every frame in which a face is classified again, so the crops classified"
+        " are those a full analysis makes (with EMOSERVE_WS_REUSE_CHANGE=6: closer agreement, more work per frame).",
     )
     ws_reuse_margin: float = Field(
         0.3,

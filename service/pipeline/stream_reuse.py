@@ -3,7 +3,7 @@ an emotion is classified again only when its face has changed enough or has grow
 
 Per processed frame:
 - **Detection** runs when the stream has no faces, every `detect_every` processed frames, whenever
-  following fails, and (`classify_detected`) whenever a face is to be classified again: a classified
+  following fails, and (with `classify_detected`) whenever a face is to be classified again: a classified
   crop is then the one full analysis makes from the same frame, not one aligned on followed landmarks.
   In between, each face's five landmarks and box corners are followed with pyramidal Lucas-Kanade
   optical flow (OpenCV) on grey copies of the frames at most `FLOW_SIDE` px wide (a stream keeps one,
@@ -44,9 +44,9 @@ class ReusePolicy:
     detect_every: int = 5
     reclassify_every: int = 15
     max_age_ms: float = 1000.0
-    change: float = 6.0
+    change: float = 10.0
     margin: float = 0.3
-    classify_detected: bool = True
+    classify_detected: bool = False
 
 
 @dataclass
