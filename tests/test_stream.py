@@ -17,6 +17,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from model_store import ModelStore
+from service.pipeline.stream_schema import StreamConfig, StreamSettings
+from service.settings import Settings
 from tests.api_server import Server, run_server
 from tests.helpers.tiny_models import publish_test_models, publish_tiny_classifier, tiny_models_env
 
@@ -154,6 +156,26 @@ def test_reuse_says_what_each_emotion_rests_on(server: Server, reuse: bool) -> N
 
     expected = [(True, 0), (False, 1), (False, 2), (True, 0), (False, 1)] if reuse else [(True, 0)] * 5
     assert run(go()) == expected
+
+
+def test_a_stream_sets_its_own_reuse_change_and_classify_detected(server: Server) -> None:
+    """`reuse_change` per stream: 0 makes every face count as changed (classified on every frame of the same
+    image), the server's default reuses; `classify_detected` reaches the stream's policy."""
+
+    async def go(config: dict[str, Any]) -> list[bool]:
+        async with connect(ws_url(server), compression=None) as ws:
+            await ws.send(json.dumps({"type": "config", "detect_every": 50, "reclassify_every": 50, **config}))
+            seen = []
+            for _ in range(4):
+                await ws.send(frame(1))
+                seen.append((await next_of(ws, "result"))["faces"][0]["classified"])
+            return seen
+
+    assert run(go({})) == [True, False, False, False]
+    assert run(go({"reuse_change": 0, "classify_detected": True})) == [True] * 4
+    policy = StreamSettings().merged(StreamConfig(reuse_change=6, classify_detected=True)).policy(Settings())
+    assert (policy.change, policy.classify_detected) == (6.0, True)
+    assert StreamSettings().policy(Settings()).classify_detected is Settings().ws_classify_detected
 
 
 def test_track_false_gives_null_ids_and_raw_scores(server: Server) -> None:

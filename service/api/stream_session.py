@@ -38,7 +38,7 @@ from service.errors import (
     spec_for,
 )
 from service.pipeline.schema import AnalysisResult
-from service.pipeline.stream_reuse import FaceReuse, ReusePolicy, StreamState
+from service.pipeline.stream_reuse import FaceReuse, StreamState
 from service.pipeline.stream_schema import (
     Auth,
     FrameMeta,
@@ -78,7 +78,7 @@ class StreamSession:
         self.tracker = IouTracker(TrackerConfig(max_missed=s.ws_track_max_missed, smoothing=self.config.smoothing))
         self.slot = FrameSlot()
         self.frames = StreamState()  # work carried across frames (faces, their crops and emotions)
-        self.policy = self._policy()  # settings + `config` messages; rebuilt when a `config` arrives
+        self.policy = self.config.policy(self.plane.settings)  # rebuilt when a `config` arrives
         self.dropped = 0
         self.seq = 0
         self.meta: FrameMeta | None = None
@@ -227,7 +227,7 @@ class StreamSession:
                     await self._send(StreamError(code=spec_for(exc).code, message=str(exc)))
                     return
             self.config = self.config.merged(message)
-            self.policy = self._policy()
+            self.policy = self.config.policy(self.plane.settings)
             self.tracker.set_smoothing(self.config.smoothing)
             if not self.config.track:
                 self.tracker.reset()
@@ -274,18 +274,6 @@ class StreamSession:
             )
             self.dropped = 0
             await self._send(message)
-
-    def _policy(self) -> ReusePolicy:
-        s, c = self.plane.settings, self.config
-        return ReusePolicy(
-            enabled=s.ws_reuse if c.reuse is None else c.reuse,
-            detect_every=c.detect_every or s.ws_detect_every,
-            reclassify_every=c.reclassify_every or s.ws_reclassify_every,
-            max_age_ms=s.ws_reclassify_ms,
-            change=s.ws_reuse_change,
-            margin=s.ws_reuse_margin,
-            classify_detected=s.ws_classify_detected,
-        )
 
     async def _analyze(self, frame: PendingFrame) -> tuple[AnalysisResult, list[FaceReuse]]:
         return await self.plane.analyze_frame(frame.data, self.config.options(), self.frames, self.policy)

@@ -31,6 +31,8 @@ from emoserve_client.schema import (
 from pydantic import BaseModel
 
 from service.errors import InvalidOptions
+from service.pipeline.stream_reuse import ReusePolicy
+from service.settings import Settings
 
 __all__ = [
     "Auth",
@@ -69,6 +71,8 @@ class StreamSettings(BaseModel):
     reuse: bool | None = None
     detect_every: int | None = None
     reclassify_every: int | None = None
+    reuse_change: float | None = None
+    classify_detected: bool | None = None
     explain: bool = False
 
     def merged(self, update: StreamConfig) -> StreamSettings:
@@ -77,3 +81,16 @@ class StreamSettings(BaseModel):
 
     def options(self) -> AnalyzeOptions:
         return AnalyzeOptions(max_faces=self.max_faces, threshold=self.threshold, explain=self.explain)
+
+    def policy(self, settings: Settings) -> ReusePolicy:
+        """The stream's reuse policy: the server's settings, overridden by what the stream set."""
+        s = settings
+        return ReusePolicy(
+            enabled=s.ws_reuse if self.reuse is None else self.reuse,
+            detect_every=self.detect_every or s.ws_detect_every,
+            reclassify_every=self.reclassify_every or s.ws_reclassify_every,
+            max_age_ms=s.ws_reclassify_ms,
+            change=s.ws_reuse_change if self.reuse_change is None else self.reuse_change,
+            margin=s.ws_reuse_margin,
+            classify_detected=s.ws_classify_detected if self.classify_detected is None else self.classify_detected,
+        )

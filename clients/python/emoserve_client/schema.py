@@ -149,6 +149,13 @@ class StreamConfig(_In):
     reuse: bool | None = Field(None, description="Reuse work across frames (default: EMOSERVE_WS_REUSE).")
     detect_every: int | None = Field(None, ge=1, le=1000, description="Full detection every N processed frames.")
     reclassify_every: int | None = Field(None, ge=1, le=1000, description="Classify a face again after N frames.")
+    reuse_change: float | None = Field(
+        None, ge=0.0, le=255.0, description="Crop change (0-255) that makes a face classified again."
+    )
+    classify_detected: bool | None = Field(
+        None, description="Detect every frame in which a face is classified again (with reuse_change 6: streams"
+        " that agree with still-image analysis, at more work per frame)."
+    )
     explain: bool | None = Field(None, description="A heat map per face (`explanation`), as REST's explain=true.")
 
 
