@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from service.pipeline.analyze import Pipeline  # noqa: E402
 from service.pipeline.schema import AnalysisResult  # noqa: E402
 from service.pipeline.stream_reuse import ReusePolicy, StreamState  # noqa: E402
+from service.pipeline.stream_schema import StreamSettings  # noqa: E402
 from service.pipeline.tracking import iou_matrix  # noqa: E402
 from service.settings import get_settings  # noqa: E402
 
@@ -108,14 +109,12 @@ def main() -> None:
                     help="detect every frame in which a face is classified again (default: the setting)")  # fmt: skip
     args = ap.parse_args()
     s = get_settings()
-    policy = ReusePolicy(
-        detect_every=args.detect_every or s.ws_detect_every,
-        reclassify_every=args.reclassify_every or s.ws_reclassify_every,
-        max_age_ms=s.ws_reclassify_ms,
-        change=s.ws_reuse_change if args.change is None else args.change,
-        margin=s.ws_reuse_margin,
-        classify_detected=s.ws_classify_detected if args.classify_detected is None else args.classify_detected,
-    )
+    policy = StreamSettings(  # what a stream's `config` message would set, over the server's settings
+        detect_every=args.detect_every,
+        reclassify_every=args.reclassify_every,
+        reuse_change=args.change,
+        classify_detected=args.classify_detected,
+    ).policy(s)
     pipe = Pipeline.load(s)
 
     async def run_all() -> list[Row]:
