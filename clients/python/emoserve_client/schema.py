@@ -153,8 +153,9 @@ class StreamConfig(_In):
         None, ge=0.0, le=255.0, description="Crop change (0-255) that makes a face classified again."
     )
     classify_detected: bool | None = Field(
-        None, description="Detect every frame in which a face is classified again (with reuse_change 6: streams"
-        " that agree with still-image analysis, at more work per frame)."
+        None,
+        description="Detect every frame in which a face is classified again (with reuse_change 6: streams"
+        " that agree with still-image analysis, at more work per frame).",
     )
     explain: bool | None = Field(None, description="A heat map per face (`explanation`), as REST's explain=true.")
 
