@@ -73,6 +73,24 @@ def export_command(
         bool, typer.Option("--shipped", help="Publish into the package's shipped layer (maintainers).")
     ] = False,
     description: Annotated[str | None, typer.Option("--description", help="Manifest description.")] = None,
+    head: Annotated[
+        str | None,
+        typer.Option(
+            "--head",
+            help="For runs trained with a second head: which head to publish (main, or the "
+            "second head's format, e.g. fer2013, with --data naming that dataset).",
+        ),
+    ] = None,
+    prior_correction: Annotated[
+        float,
+        typer.Option(
+            "--prior-correction",
+            min=0.0,
+            max=2.0,
+            help="Serve probabilities divided by the training class frequencies to this power "
+            "(0: off; bench/bench_prior.py measures the choices).",
+        ),
+    ] = 0.0,
     add_cam: Annotated[
         bool,
         typer.Option(
@@ -84,6 +102,7 @@ def export_command(
 ) -> None:
     """Export trained runs (or published models) to ONNX and publish; several become one ensemble (mean logits)."""
     from model_store import ModelStoreError
+    from training.checkpoints import HeadError
     from training.export import publish_run, publish_shipped
     from training.models.ensemble import EnsembleError
     from training.onnx_init import OnnxInitError
@@ -94,13 +113,14 @@ def export_command(
     for src in sources:
         if "@" not in src and not (Path(src) / "best.pt").is_file():
             raise typer.BadParameter(f"{src} has no best.pt (not a finished training run)")
-    kw: dict[str, Any] = {"int8": int8, "log": typer.echo, "description": description}
+    kw: dict[str, Any] = {"int8": int8, "log": typer.echo, "description": description, "head": head,
+                          "prior_correction": prior_correction}  # fmt: skip
     try:
         if shipped:
             publish_shipped(sources, data, name, alias=alias, **kw)
         else:
             publish_run(sources, data, name, load_settings().model_root, alias=alias, **kw)
-    except (EnsembleError, OnnxInitError, ModelStoreError) as exc:
+    except (EnsembleError, OnnxInitError, ModelStoreError, HeadError) as exc:
         raise typer.BadParameter(str(exc)) from exc
 
 

@@ -110,6 +110,22 @@ class ExplainSpec(_Strict):
     flip_averaged: bool = False  # the maps of the image and of its mirror (mirrored back) are averaged
 
 
+class PriorCorrection(_Strict):
+    """A served correction of the training prior (logit adjustment): each probability is divided by its class's
+    training frequency to the power `strength`, then the row is renormalised. A class that was common in
+    training (FER+: neutral, over a third) then wins fewer close calls; 0 leaves the probabilities as they are."""
+
+    prior: list[float]  # per label, in the manifest's label order: the class frequencies of the training split
+    strength: float = Field(ge=0.0, le=2.0)
+
+    @field_validator("prior")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 < p <= 1.0 for p in v):
+            raise ValueError("a prior gives every class a frequency in (0, 1]")
+        return v
+
+
 class TrainingRun(_Strict):
     """Where a trained model came from."""
 
@@ -131,6 +147,9 @@ class Provenance(_Strict):
     training: TrainingRun | None = None
 
 
+_LATE_FIELDS = ("prior_correction",)
+
+
 class Manifest(_Strict):
     """Everything needed to load, verify and feed one model version."""
 
@@ -146,6 +165,7 @@ class Manifest(_Strict):
     labels: list[str] | None = None
     decoding: DetectorDecoding | None = None
     temperature: float | None = Field(default=None, gt=0.0)
+    prior_correction: PriorCorrection | None = None
     serving: ServingHints | None = None
     explain: ExplainSpec | None = None
     metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
@@ -180,6 +200,8 @@ class Manifest(_Strict):
             raise ValueError("an emotion classifier's manifest needs its ordered labels")
         if len({f.path for f in self.files}) != len(self.files):
             raise ValueError("duplicate file paths in manifest")
+        if self.prior_correction and len(self.prior_correction.prior) != len(self.labels or []):
+            raise ValueError("prior_correction.prior needs one frequency per label")
         if self.explain and self.explain.output not in {o.name for o in self.outputs}:
             raise ValueError(f"explain.output {self.explain.output!r} is not one of the manifest's outputs")
         return self
@@ -198,7 +220,13 @@ class Manifest(_Strict):
         return self.inputs[0]
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
+        """The manifest as written to disk. Fields added after schema 1 are left out while unset, so that a
+        manifest written before them keeps its bytes (a packed release keeps its sha256)."""
+        data = self.model_dump(mode="json")
+        for late in _LATE_FIELDS:
+            if data.get(late) is None:
+                data.pop(late, None)
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
     @classmethod
     def from_file(cls, path: Path) -> Manifest:

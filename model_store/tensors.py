@@ -8,7 +8,8 @@ probabilities when `decoding.params.output` is "probabilities", or else when the
 output (`manifest.outputs[0].name`) is named "prob", "probs", "probabilities" or "softmax"
 (case-insensitive). Otherwise the output is logits and gets a softmax. The manifest's `temperature`
 T divides the logits; for probability outputs it is applied as p^(1/T), renormalised, which is the
-same thing.
+same thing. A manifest's `prior_correction` then divides each probability by prior^strength and
+renormalises (logit adjustment: the logits minus strength * log prior).
 """
 
 from __future__ import annotations
@@ -59,6 +60,17 @@ def probabilities(manifest: Manifest, raw: np.ndarray) -> np.ndarray:
     t = manifest.temperature or 1.0
     if outputs_probabilities(manifest):
         out = np.clip(out, 1e-12, None) ** (1.0 / t)
-        result: np.ndarray = out / out.sum(axis=1, keepdims=True)
-        return result
-    return softmax(out, t)
+        probs: np.ndarray = out / out.sum(axis=1, keepdims=True)
+    else:
+        probs = softmax(out, t)
+    pc = manifest.prior_correction
+    return probs if pc is None else correct_prior(probs, pc.prior, pc.strength)
+
+
+def correct_prior(probs: np.ndarray, prior: list[float] | np.ndarray, strength: float) -> np.ndarray:
+    """Probabilities (N, C) divided by prior^strength per class, rows renormalised."""
+    if strength == 0:
+        return probs
+    out = probs * np.asarray(prior, np.float64) ** -strength
+    result: np.ndarray = out / out.sum(axis=1, keepdims=True)
+    return result

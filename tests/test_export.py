@@ -453,3 +453,42 @@ def test_add_cam_reexports_a_published_model(
     assert res.exit_code == 2 and "already outputs class activation maps" in res.output
     with pytest.raises(CamUnsupported):
         CamNet(create_model("mobilenet_fer", 7, 1))
+
+
+def test_prior_correction_is_published_and_served(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """`--prior-correction`: the manifest carries the training prior; the store's served probabilities (what the
+    service and `emoserve evaluate` use) apply it, and the manifest's metrics are those of the served ones."""
+    from model_store.tensors import probabilities, softmax
+    from training.evaluate import evaluate_store_model
+
+    run, data = trained
+    store_root = tmp_path / "store"
+    plain = E.publish_run(run, data, "tiny-prior", store_root, log=lambda s: None)
+    fixed = E.publish_run(run, data, "tiny-prior", store_root, prior_correction=1.0, log=lambda s: None)
+    assert plain.prior_correction is None and fixed.prior_correction is not None
+    prior = np.array(fixed.prior_correction.prior)
+    assert fixed.prior_correction.strength == 1.0 and prior.sum() == pytest.approx(1.0, abs=1e-5)
+    trained_on = [fixed.labels.index(c) for c in ("angry", "happy", "sad", "surprise")]
+    assert np.allclose(prior[trained_on], prior[trained_on][0]) and prior[trained_on][0] > 0.2  # 150 faces each
+    assert fixed.metrics["folder_val_uncorrected"]["accuracy"] == plain.metrics["folder_val"]["accuracy"]
+    served = evaluate_store_model(f"tiny-prior@{fixed.version}", data, "val", store_root=store_root)
+    assert served["accuracy"] == pytest.approx(fixed.metrics["folder_val"]["accuracy"])
+    z = np.random.default_rng(0).normal(size=(5, len(prior)))
+    expected = softmax(z, fixed.temperature or 1.0) / prior
+    assert np.allclose(probabilities(fixed, z), expected / expected.sum(1, keepdims=True))
+    assert np.allclose(probabilities(plain, z), softmax(z, plain.temperature or 1.0))
+
+
+def test_prior_correction_manifest_is_validated() -> None:
+    from pydantic import ValidationError
+
+    from model_store import Manifest
+
+    base = json.loads(
+        (Path(__file__).parents[1] / "model_store" / "shipped" / "emotion-fer7" / "4" / "manifest.json").read_text()
+    )
+    Manifest.model_validate({**base, "prior_correction": {"prior": [1 / 7] * 7, "strength": 0.5}})
+    for bad in ({"prior": [1 / 6] * 6, "strength": 0.5}, {"prior": [0.0] + [1 / 6] * 6, "strength": 0.5},
+                {"prior": [1 / 7] * 7, "strength": 3.0}):  # fmt: skip
+        with pytest.raises(ValidationError):
+            Manifest.model_validate({**base, "prior_correction": bad})

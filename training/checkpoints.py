@@ -3,6 +3,7 @@ resized to a network's input). Below `training.train` and `training.export`, whi
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,10 @@ from training.config import TrainConfig
 from training.data import FaceDataset
 from training.data.pca import PCAProjection
 from training.models import create_model
+
+
+class HeadError(ValueError):
+    """A checkpoint has no head of the name asked for."""
 
 
 class WithPCA(nn.Module):
@@ -39,14 +44,50 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int, state: dict[s
     return WithPCA(pca, net)
 
 
-def load_checkpoint(path: Path) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
-    """Rebuild the model of a `best.pt`/`last.pt` checkpoint: (model in eval mode, config, checkpoint dict)."""
+def load_checkpoint(path: Path, head: str | None = None) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
+    """Rebuild the model of a `best.pt`/`last.pt` checkpoint: (model in eval mode, config, checkpoint dict).
+
+    A network trained with a second head (`second_head`) comes back as an ordinary one-head network: its main
+    head, or with `head` set to the second head's format (e.g. "fer2013") that head, with the config and the
+    checkpoint's `classes` and `format` of that head.
+    """
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = TrainConfig.from_dict({k: v for k, v in ckpt["config"].items() if k in TrainConfig.__dataclass_fields__})
-    model = build_model(cfg, int(ckpt["config"]["num_classes"]), int(ckpt["config"]["in_chans"]), ckpt["model"])
+    conf = dict(ckpt["config"])
+    cfg = TrainConfig.from_dict({k: v for k, v in conf.items() if k in TrainConfig.__dataclass_fields__})
+    model = build_model(cfg, int(conf["num_classes"]), int(conf["in_chans"]), ckpt["model"])
     model.load_state_dict(ckpt["model"])
+    second = conf.get("second_labels")
+    if second is not None:
+        n_main = len(conf["classes"])
+        if head in (None, "main"):
+            rows = list(range(n_main))
+        elif head == second["format"]:
+            rows = list(range(n_main, int(conf["num_classes"])))
+            conf.update(classes=list(second["classes"]), format=second["format"], data_kwargs={})
+            cfg = replace(cfg, format=second["format"], data_kwargs={})
+        else:
+            raise HeadError(f"{path}: no head {head!r}; its heads are main and {second['format']}")
+        keep_outputs(model, rows)
+        conf["num_classes"] = len(rows)
+        ckpt = {**ckpt, "config": conf}
+    elif head not in (None, "main"):
+        raise HeadError(f"{path}: no head {head!r}; it was trained with one head")
     model.eval()
     return model, cfg, ckpt
+
+
+def keep_outputs(model: nn.Module, rows: list[int]) -> None:
+    """Cut the network's last linear layer down to the output rows `rows` (the same logits for those classes)."""
+    name = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    old = model.get_submodule(name)
+    assert isinstance(old, nn.Linear)
+    new = nn.Linear(old.in_features, len(rows), bias=old.bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(old.weight[rows])
+        if old.bias is not None and new.bias is not None:
+            new.bias.copy_(old.bias[rows])
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, new)
 
 
 def fit_to_model(model: nn.Module, *splits: FaceDataset, log: Any = print) -> tuple[FaceDataset, ...]:

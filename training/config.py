@@ -28,6 +28,8 @@ class TrainConfig:
     distill_from: str | None = None  # teacher NAME@ALIAS (or .onnx): its softened predictions join the targets
     distill_weight: float = 0.5  # share of the teacher in each target (training/distill.py)
     distill_temperature: float = 2.0
+    second_head: float = 0.0  # loss weight of a second head on the dataset's second labels (FER+ with
+    # data_kwargs fer2013: the original FER2013 labels); 0 = one head. One forward pass gives both conventions.
     # optimisation
     epochs: int = 30
     batch_size: int = 128
@@ -95,6 +97,10 @@ class TrainConfig:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if not 0.0 <= self.distill_weight <= 1.0 or self.distill_temperature <= 0:
             raise ValueError("distill_weight must be in [0, 1] and distill_temperature positive")
+        if self.second_head < 0:
+            raise ValueError(f"second_head is a loss weight, it cannot be negative ({self.second_head})")
+        if self.second_head > 0 and (self.init_from or self.pca):
+            raise ValueError("a second head does not combine with init_from or pca yet")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs, batch_size and lr must be positive")
 

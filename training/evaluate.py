@@ -38,11 +38,13 @@ def load_for_evaluation(ref: str, data_dir: Path, split: str = "val", fmt: str =
 
 
 def evaluate_loaded(resolved: Any, ds: FaceDataset, images: np.ndarray | None = None,
-                    desc: str | None = None) -> dict[str, Any]:  # fmt: skip
+                    desc: str | None = None, raw: np.ndarray | None = None) -> dict[str, Any]:  # fmt: skip
     """The metrics of `evaluate_store_model` for a resolved model on `ds`, or on `images` in place of
-    `ds.images` (same order and labels: a shifted copy); a progress bar with `desc`."""
+    `ds.images` (same order and labels: a shifted copy); a progress bar with `desc`. `raw` (the model's
+    outputs on those images, computed before) skips running the model."""
     m = resolved.manifest
-    raw = onnx_logits(resolved.model_path, m, ds.images if images is None else images, desc=desc)
+    if raw is None:
+        raw = onnx_logits(resolved.model_path, m, ds.images if images is None else images, desc=desc)
     probs = served_probabilities(resolved, raw)
     model_labels = list(m.labels or [])
     result: dict[str, Any] = {"model": resolved.ref, "dataset": ds.name, "split": ds.split, "n": len(ds)}

@@ -191,14 +191,18 @@ class Member:
     duration_s: float
 
 
-def load_member(source: Path | str) -> Member:
-    """A run folder's `best.pt`, or `NAME@ALIAS` of a model our training job published (rebuilt from its ONNX),
-    or `NAME@ALIAS#K`: member K (from 0) of such a published ensemble."""
+def load_member(source: Path | str, head: str | None = None) -> Member:
+    """A run folder's `best.pt` (its main head, or the second head named by `head`: see `load_checkpoint`), or
+    `NAME@ALIAS` of a model our training job published (rebuilt from its ONNX), or `NAME@ALIAS#K`: member K
+    (from 0) of such a published ensemble."""
     from training.checkpoints import load_checkpoint
     from training.config import TrainConfig
 
     if isinstance(source, str) and "@" in source and not Path(source).is_dir():
-        from training.models.ensemble import members_of
+        from training.models.ensemble import EnsembleError, members_of
+
+        if head is not None:
+            raise EnsembleError(f"{source}: a published graph has one head; --head takes a run folder")
         from training.onnx_init import resolve_member, torch_model_from_store
 
         src = resolve_member(source)
@@ -214,7 +218,7 @@ def load_member(source: Path | str) -> Member:
         config = {**run_config, "classes": labels, "dataset_fingerprint": run.dataset_fingerprint}
         return Member(source, model, cfg, config, float(run.duration_s or 0.0) / share)
     run_dir = Path(source)
-    model, cfg, ck = load_checkpoint(run_dir / "best.pt")
+    model, cfg, ck = load_checkpoint(run_dir / "best.pt", head)
     log = run_dir / "history.json"
     history = json.loads(log.read_text()) if log.exists() else []
     return Member(run_dir.name, model, cfg, dict(ck["config"]), float(sum(h["time_s"] for h in history)))
@@ -224,26 +228,39 @@ def publish_run(
     run_dir: Path | str | Sequence[Path | str], data_dir: Path | None, name: str | None, store_root: Path,
     alias: str | None = "production",
     shipped: Path | None = None, int8: bool = False, int8_max_drop: float = 0.01, description: str | None = None,
-    licence: str = "research-only (FER2013 images); FER+ labels MIT", log: Any = print,
+    licence: str = "research-only (FER2013 images); FER+ labels MIT", log: Any = print, head: str | None = None,
+    prior_correction: float = 0.0,
 ) -> Any:  # fmt: skip
     """Export `run_dir/best.pt`, check parity, compute validation metrics with onnxruntime and publish.
 
     `run_dir` may also be `NAME@ALIAS` of a model this job published (see `load_member`). With several
     sources the published model is their ensemble (`LogitMean`, mean of the logits): they must share
     labels, input size and normalisation, and flip TTA. `name` and `description` default to the first
-    source's config.
+    source's config. `head` picks the second head of runs trained with one (`second_head`); the description
+    then says so. A `prior_correction` strength above 0 puts the class frequencies of the dataset's training
+    split into the manifest (`PriorCorrection`): the metrics are those of the corrected probabilities, as
+    served, and `<dataset>_uncorrected` keeps the model's own.
     """
     from model_store import ModelStore
+    from model_store.tensors import correct_prior, softmax
     from training.checkpoints import fit_to_model
     from training.data import load_dataset
     from training.loop import Runtime, to_tensor
-    from training.metrics import classification_report, fit_temperature, format_report
+    from training.metrics import (
+        class_prior,
+        classification_report,
+        expected_calibration_error,
+        fit_temperature,
+        format_report,
+    )
     from training.models.ensemble import EnsembleError, LogitMean
 
     sources = [run_dir] if isinstance(run_dir, Path | str) else list(run_dir)
-    members = [load_member(src) for src in sources]
+    members = [load_member(src, head) for src in sources]
     first = members[0]
     cfg, conf = first.cfg, dict(first.config)
+    if head is not None and head != "main" and description is None:
+        description = f"{cfg.description} This graph is the network's {head} head ({', '.join(conf['classes'])})."
     for m in members[1:]:
         if m.config["classes"] != conf["classes"] or m.cfg.flip_tta != cfg.flip_tta:
             raise EnsembleError(f"{m.source}: its classes or flip TTA differ from {first.source}'s")
@@ -269,6 +286,19 @@ def publish_run(
         metrics = {key: {"accuracy": rep["accuracy"], "balanced_accuracy": rep["balanced_accuracy"],
                          "macro_f1": rep["macro_f1"], "ece": temp["ece_after"], "nll": temp["nll_after"],
                          "n": float(len(val))}}  # fmt: skip
+        correction = None
+        if prior_correction > 0:
+            train = load_dataset(data, "train", cfg.format, **cfg.data_kwargs)
+            prior = class_prior(train.targets, train.labels, val.labels)
+            correction = {"prior": prior, "strength": prior_correction}
+            probs = correct_prior(softmax(logits, temp["temperature"]), prior, prior_correction)
+            metrics[f"{key}_uncorrected"] = metrics[key]
+            rep = classification_report(val.targets, probs, val.labels)
+            metrics[key] = {"accuracy": rep["accuracy"], "balanced_accuracy": rep["balanced_accuracy"],
+                            "macro_f1": rep["macro_f1"], "ece": expected_calibration_error(probs, val.targets),
+                            "n": float(len(val))}  # fmt: skip
+            log(f"[export] prior correction {prior_correction}: accuracy {rep['accuracy']:.4f} balanced accuracy "
+                f"{rep['balanced_accuracy']:.4f}")  # fmt: skip
         log(f"[export] onnx {key}: accuracy {rep['accuracy']:.4f} balanced accuracy {rep['balanced_accuracy']:.4f} "
             f"macro F1 {rep['macro_f1']:.4f} T {temp['temperature']:.3f}")  # fmt: skip
         files = {"model.onnx": onnx_path}
@@ -288,6 +318,12 @@ def publish_run(
                                round(temp["temperature"], 4), provenance,
                                cfg.description if description is None else description, licence,
                                cam_info)  # fmt: skip
+        if correction is not None:
+            draft["prior_correction"] = correction
+            extra += (f"\n## Prior correction\n\nServed probabilities are divided by the training class frequencies "
+                      f"to the power {prior_correction} and renormalised (prior: "
+                      + ", ".join(f"{c} {p:.3f}" for c, p in zip(val.labels, prior, strict=True))
+                      + f"). The model's own metrics: {metrics[key + '_uncorrected']}.\n")  # fmt: skip
         params = sum(p.numel() for p in model.parameters())
         extra += explain_card_section(cam_info) if cam_info else ""
         recall = {lab: m["recall"] for lab, m in rep["per_class"].items() if m["support"]}  # classes with images

@@ -113,24 +113,49 @@ def batches(n: int, batch_size: int, rng: np.random.Generator | None, rt: Runtim
         yield order[i : i + batch_size]
 
 
+Heads = list[tuple[int, float]]  # (classes, loss weight) of each head, in the order of the output columns
+
+
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(target * F.log_softmax(logits.float(), 1)).sum(1).mean()
+
+
+def heads_loss(logits: torch.Tensor, target: torch.Tensor, heads: Heads) -> torch.Tensor:
+    """The weighted sum of each head's soft cross-entropy over its own columns (a softmax per head)."""
+    loss, start = logits.new_zeros((), dtype=torch.float32), 0
+    for size, weight in heads:
+        loss = loss + weight * soft_cross_entropy(logits[:, start : start + size], target[:, start : start + size])
+        start += size
+    return loss
+
+
+def smooth_labels(dist: torch.Tensor, heads: Heads, eps: float) -> torch.Tensor:
+    """Label smoothing within each head; rows without a target for a head (all zero) stay zero."""
+    parts, start = [], 0
+    for size, _ in heads:
+        d = dist[:, start : start + size]
+        parts.append(d * (1 - eps) + eps * d.sum(1, keepdim=True) / size)
+        start += size
+    return torch.cat(parts, 1)
 
 
 def train_epoch(
     model: nn.Module, images: np.ndarray, targets: np.ndarray, optimizer: torch.optim.Optimizer,
     cfg: TrainConfig, rt: Runtime, rng: np.random.Generator, norm: tuple[list[float], list[float]],
-    step_fn: Any = None, desc: str = "train",
+    step_fn: Any = None, desc: str = "train", heads: Heads | None = None,
 ) -> tuple[float, float]:  # fmt: skip
-    """One pass over (images, targets). `targets` is N (class ids) or N x C (distributions).
+    """One pass over (images, targets). `targets` is N (class ids) or N x C (distributions); with `heads`,
+    N x (sum of their classes), each head's columns a distribution or zero.
 
-    Returns (mean loss, accuracy against the argmax target). `step_fn()` runs after each step.
+    Returns (mean loss, accuracy of the first head against the argmax target). `step_fn()` runs after each step.
     """
     model.train()
     aug = AugmentParams(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.hflip, cfg.erasing, cfg.degrade)
     policy = "standard" if cfg.augment == "balanced" else cfg.augment
     num_classes = int(targets.shape[1]) if targets.ndim == 2 else int(targets.max()) + 1
     num_classes = max(num_classes, _out_features(model))
+    heads = heads or [(num_classes, 1.0)]
+    first = heads[0][0]
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
     tot_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(
@@ -148,18 +173,18 @@ def train_epoch(
         t = torch.from_numpy(targets[idx]).to(rt.device)
         dist = t.float() if t.ndim == 2 else F.one_hot(t, num_classes).float()
         if cfg.label_smoothing > 0:
-            dist = dist * (1 - cfg.label_smoothing) + cfg.label_smoothing / num_classes
+            dist = smooth_labels(dist, heads, cfg.label_smoothing)
         x, dist = mixup(x, dist, cfg.mixup, rng)
         with rt.autocast():
             logits = model(x)
-        loss = soft_cross_entropy(logits, dist)
+        loss = heads_loss(logits, dist, heads)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if step_fn is not None:
             step_fn()
         tot_loss += float(loss.detach()) * len(idx)
-        correct += int((logits.argmax(1) == dist.argmax(1)).sum())
+        correct += int((logits[:, :first].argmax(1) == dist[:, :first].argmax(1)).sum())
         seen += len(idx)
         bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
     return tot_loss / max(seen, 1), correct / max(seen, 1)

@@ -35,6 +35,15 @@ def classification_report(y_true: np.ndarray, scores: np.ndarray, labels: list[s
     }
 
 
+def class_prior(targets: np.ndarray, target_labels: list[str], labels: list[str], floor: float = 1e-3) -> list[float]:
+    """The class frequencies of `targets` (ids into `target_labels`) in the order of `labels`, each at least
+    `floor` (a class without images still gets a frequency), summing to 1."""
+    counts = np.bincount(np.asarray(targets, np.int64), minlength=len(target_labels)).astype(np.float64)
+    freq = np.array([counts[target_labels.index(c)] if c in target_labels else 0.0 for c in labels])
+    freq = np.maximum(freq / max(freq.sum(), 1.0), floor)
+    return [round(float(f), 6) for f in freq / freq.sum()]
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The per-class table as text."""
     lines = [f"{'class':<10} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}"]

@@ -155,9 +155,32 @@ def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch
 
 
 def _checkpoint_config(cfg: TrainConfig, train: FaceDataset) -> dict[str, Any]:
+    """The config a checkpoint carries; with a second head, `num_classes` counts both heads' outputs and
+    `second_labels` says what its columns (after `classes`) mean."""
     in_chans = 1 if train.images.ndim == 3 else int(train.images.shape[3])
-    return {**cfg.to_dict(), "num_classes": train.num_classes, "in_chans": in_chans, "classes": list(train.labels),
+    conf = {**cfg.to_dict(), "num_classes": train.num_classes, "in_chans": in_chans, "classes": list(train.labels),
             "dataset": train.name, "dataset_fingerprint": train.fingerprint}  # fmt: skip
+    if cfg.second_head > 0:
+        if train.second is None:
+            raise ValueError(f"second_head needs a dataset with second labels ({train.name} has none; for FER+ "
+                             "set data_kwargs fer2013: <the FER2013 image folders>)")  # fmt: skip
+        conf["num_classes"] += len(train.second.labels)
+        conf["second_labels"] = {"format": train.second.format, "classes": list(train.second.labels)}
+    return conf
+
+
+def _heads(cfg: TrainConfig, train: FaceDataset) -> list[tuple[int, float]]:
+    main = [(train.num_classes, 1.0)]
+    return [*main, (len(train.second.labels), cfg.second_head)] if cfg.second_head > 0 and train.second else main
+
+
+def _second_accuracy(logits: np.ndarray, val: FaceDataset) -> float | None:
+    """Accuracy of the second head's columns on the validation images that have a second label."""
+    if val.second is None or logits.shape[1] <= val.num_classes:
+        return None
+    has = val.second.targets >= 0
+    pred = logits[has, val.num_classes :].argmax(1)
+    return float((pred == val.second.targets[has]).mean()) if has.any() else None
 
 
 def train_run(
@@ -182,7 +205,7 @@ def train_run(
     log(f"[train] {cfg.name}: {train.name} train={len(train)} val={len(val)} classes={train.labels} "
         f"({time.time() - t0:.1f}s to load)")  # fmt: skip
     ck_cfg = _checkpoint_config(cfg, train)
-    model = create_model(cfg.model, train.num_classes, ck_cfg["in_chans"], cfg.pretrained, **cfg.model_kwargs)
+    model = create_model(cfg.model, ck_cfg["num_classes"], ck_cfg["in_chans"], cfg.pretrained, **cfg.model_kwargs)
     train, val = fit_to_model(model, train, val, log=log)
     if cfg.init_from:
         missing = init_model(model, cfg.init_from, train, log)
@@ -197,6 +220,12 @@ def train_run(
     targets = train.soft if (cfg.soft_targets and train.soft is not None) else train.targets
     if cfg.distill_from:
         targets = distilled_targets(train, targets, cfg.distill_from, cfg.distill_weight, cfg.distill_temperature, log)
+    heads = _heads(cfg, train)
+    if len(heads) > 1 and train.second is not None:
+        main = targets if targets.ndim == 2 else np.eye(train.num_classes, dtype=np.float32)[targets]
+        targets = np.concatenate([main.astype(np.float32), train.second.one_hot()], 1)
+        log(f"[train] second head ({train.second.format}, weight {cfg.second_head}): "
+            f"{int((train.second.targets >= 0).sum())} of {len(train)} training images have its label")  # fmt: skip
     steps = math.ceil(len(train) / cfg.batch_size / rt.world)
     if cfg.augment == "balanced":
         steps = math.ceil(int(train.counts().max()) * train.num_classes / cfg.batch_size / rt.world)
@@ -227,16 +256,19 @@ def train_run(
         idx = balanced_indices(train.targets, rng) if cfg.augment == "balanced" else np.arange(len(train))
         step = _step_fn(sched if cfg.schedule != "plateau" else None, ema, model)
         loss, acc = train_epoch(net, train.images[idx], targets[idx], opt, cfg, rt, rng, norm, step,
-                                desc=f"epoch {epoch + 1}/{cfg.epochs}")  # fmt: skip
+                                desc=f"epoch {epoch + 1}/{cfg.epochs}", heads=heads)  # fmt: skip
         evaluated = ema.module if ema is not None else model  # the weights that get validated and exported
         logits = predict_logits(evaluated, val.images, norm, rt, cfg.eval_batch_size)
-        val_acc = float((logits.argmax(1) == val.targets).mean())
+        val_acc = float((logits[:, : val.num_classes].argmax(1) == val.targets).mean())
+        second_acc = _second_accuracy(logits, val)
         if cfg.schedule == "plateau":
             sched.step(val_acc)
         dt = time.time() - te
         elapsed += dt
         history.append({"epoch": epoch + 1, "loss": loss, "train_acc": acc, "val_acc": val_acc, "time_s": dt,
                         "lr": opt.param_groups[0]["lr"]})  # fmt: skip
+        if second_acc is not None:
+            history[-1]["second_val_acc"] = second_acc
         improved = val_acc > best
         if improved:
             best, since_best = val_acc, 0
@@ -255,8 +287,9 @@ def train_run(
                        out / "last.pt.tmp")  # fmt: skip
             (out / "last.pt.tmp").replace(out / "last.pt")
             (out / "history.json").write_text(json.dumps(history, indent=1))
+            second = f" second head {second_acc:.4f}" if second_acc is not None else ""
             log(f"[train] epoch {epoch + 1}/{cfg.epochs} loss {loss:.4f} train {acc:.4f} val {val_acc:.4f}"
-                f"{' *' if improved else ''} ({dt:.0f}s)")  # fmt: skip
+                f"{' *' if improved else ''}{second} ({dt:.0f}s)")  # fmt: skip
         if cfg.patience and since_best >= cfg.patience:
             log(f"[train] early stop: no improvement for {cfg.patience} epochs")
             break
@@ -296,6 +329,15 @@ def finish_run(
         "nll_after": temp["nll_after"], "per_class": report["per_class"], "run_dir": str(out),
         "dataset_fingerprint": ck["config"]["dataset_fingerprint"], "val_size": len(val),
     }  # fmt: skip
+    second = ck["config"].get("second_labels")
+    if second is not None and val.second is not None:
+        head, _, _ = load_checkpoint(out / "best.pt", head=second["format"])
+        has = val.second.targets >= 0
+        pred = predict_logits(head.to(rt.device), val.images[has], norm_of(head), fp32).argmax(1)
+        metrics["second_head"] = {"format": second["format"], "n": int(has.sum()),
+                                  "val_accuracy": float((pred == val.second.targets[has]).mean())}  # fmt: skip
+        log(f"[train] second head ({second['format']}): {metrics['second_head']['val_accuracy']:.4f} on the "
+            f"{int(has.sum())} validation images with its label")  # fmt: skip
     if rt.main:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         save_confusion_png(report["confusion"], val.labels, out / "confusion.png")

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from training.data.cache import content_fingerprint
+from training.data.second_opinion import SecondLabels
 
 
 @dataclass
@@ -15,8 +16,9 @@ class FaceDataset:
     """A split of a face-emotion dataset.
 
     `targets` are class indices into `labels`; `soft` (optional, N x C float32) holds per-image target
-    distributions (e.g. FER+ vote fractions). Indexing gives `(image, label)` or `(image, soft_vector)`
-    when soft targets exist.
+    distributions (e.g. FER+ vote fractions). `second` (optional) holds each image's label in another
+    convention (FER+ faces with their original FER2013 labels: `second_opinion.py`). Indexing gives
+    `(image, label)` or `(image, soft_vector)` when soft targets exist.
     """
 
     images: np.ndarray
@@ -25,6 +27,7 @@ class FaceDataset:
     split: str
     name: str = "dataset"
     soft: np.ndarray | None = None
+    second: SecondLabels | None = None
     _fingerprint: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -33,6 +36,8 @@ class FaceDataset:
             raise ValueError("images and targets differ in length")
         if self.soft is not None and self.soft.shape != (len(self.targets), len(self.labels)):
             raise ValueError(f"soft targets must be N x {len(self.labels)}")
+        if self.second is not None and len(self.second.targets) != len(self.targets):
+            raise ValueError("second labels and targets differ in length")
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -59,7 +64,7 @@ class FaceDataset:
         idx = np.asarray(idx, dtype=np.int64)
         return FaceDataset(
             self.images[idx], self.targets[idx], list(self.labels), split or self.split, self.name,
-            None if self.soft is None else self.soft[idx],
+            None if self.soft is None else self.soft[idx], None if self.second is None else self.second.subset(idx),
         )  # fmt: skip
 
     def resized(self, height: int, width: int) -> FaceDataset:
@@ -67,7 +72,8 @@ class FaceDataset:
         if self.images.shape[1:3] == (height, width):
             return self
         images = np.stack([resize_face(img, height, width) for img in self.images])
-        return FaceDataset(images, self.targets, list(self.labels), self.split, self.name, self.soft, self.fingerprint)
+        return FaceDataset(images, self.targets, list(self.labels), self.split, self.name, self.soft, self.second,
+                           self.fingerprint)  # fmt: skip
 
 
 def resize_face(img: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -28,6 +28,7 @@ import numpy as np
 import training.data.labels as L
 from training.data.cache import cached, files_key
 from training.data.dataset import FaceDataset, decode, decode_all
+from training.data.second_opinion import SecondLabels, matched_labels
 from training.data.splits import stratified_split
 
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -195,10 +196,14 @@ def ferplus_targets(votes: np.ndarray, rule: str = "majority") -> tuple[np.ndarr
     return keep, labels, soft.astype(np.float32)
 
 
-def read_ferplus(root: Path, split: Split = "train", rule: str = "majority", cache: bool = True) -> FaceDataset:
+def read_ferplus(
+    root: Path, split: Split = "train", rule: str = "majority", cache: bool = True, fer2013: str | None = None
+) -> FaceDataset:
     """FER+ (`FER2013Train|FER2013Valid|FER2013Test/` with `label.csv` and 48x48 PNGs), 8 classes + soft targets.
 
-    "all" reads every one of the three folders that is present.
+    "all" reads every one of the three folders that is present. With `fer2013` (the FER2013 image folders;
+    a relative path is taken from `root`) each face also gets its original FER2013 label as `second`
+    (`second_opinion.py`), from the same split.
     """
     root = Path(root)
     names = list(L.FERPLUS_SPLITS.values()) if split == "all" else [L.FERPLUS_SPLITS[split]]
@@ -208,9 +213,14 @@ def read_ferplus(root: Path, split: Split = "train", rule: str = "majority", cac
         found = [n for n in L.FERPLUS_SPLITS.values() if (root / n / "label.csv").is_file()]
         raise DatasetLayoutError(f"{root} has no {split} split: expected {want} (found {', '.join(found) or 'none'})")
     parts = [_ferplus_folder(f, rule, cache) for f in folders]
+    images = np.concatenate([p[0] for p in parts])
+    second = None
+    if fer2013 is not None:
+        ref = read_fer2013_folders(root / fer2013, split, cache)
+        second = SecondLabels(matched_labels(images, ref.images, ref.targets, cache), list(ref.labels), "fer2013")
     return FaceDataset(
-        np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), list(L.EMOTIONS_8), split,
-        "ferplus", np.concatenate([p[2] for p in parts]),
+        images, np.concatenate([p[1] for p in parts]), list(L.EMOTIONS_8), split, "ferplus",
+        np.concatenate([p[2] for p in parts]), second,
     )  # fmt: skip
 
 
