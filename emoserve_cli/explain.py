@@ -3,8 +3,8 @@
 The faces are found and aligned as the service does it (the store's detector, its threshold, the min-size
 filter and largest-first order, then the classifier manifest's `Preprocessor`); each aligned crop is normalised
 exactly as the service feeds it and explained with torch Grad-CAM (training.explain), mirror-averaged when the
-model is served so, with the manifest's temperature on the probabilities. Writes one sheet PNG (a row per face:
-the crop, its overlay, label and probability) and the photo with the faces' numbered boxes.
+model is served so, with the manifest's temperature and prior correction on the probabilities. Writes one sheet
+PNG (a row per face: the crop, its overlay, label and probability) and the photo with the faces' numbered boxes.
 Torch (the `train` extra) is imported inside the command, so `emoserve` itself does not need it.
 """
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
     from model_store import ModelStore
+    from model_store.manifest import PriorCorrection
     from service.pipeline.align import Preprocessor
     from service.pipeline.detectors import DetectedFace
     from service.settings import Settings
@@ -42,6 +43,14 @@ class Explained:
     pre: Preprocessor
     flip: bool  # served mirror-averaged
     temperature: float
+    prior: PriorCorrection | None = None  # the manifest's served prior correction
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """What the service serves for these logits: softmax at the temperature, then the prior correction."""
+        from model_store.tensors import correct_prior, softmax
+
+        probs = softmax(logits, self.temperature)
+        return probs if self.prior is None else correct_prior(probs, self.prior.prior, self.prior.strength)
 
 
 def _store_model(ref: str, store: ModelStore, settings: Settings) -> Explained:
@@ -57,7 +66,8 @@ def _store_model(ref: str, store: ModelStore, settings: Settings) -> Explained:
         fail(str(exc), 2)
     run = manifest.provenance.training
     flip = bool(run and run.config.get("flip_tta"))
-    return Explained(exact, net, labels, Preprocessor.from_manifest(manifest), flip, manifest.temperature or 1.0)
+    return Explained(exact, net, labels, Preprocessor.from_manifest(manifest), flip, manifest.temperature or 1.0,
+                     manifest.prior_correction)  # fmt: skip
 
 
 def _checkpoint_model(checkpoint: Path, arch: str | None, num_classes: int | None) -> Explained:
@@ -183,7 +193,6 @@ def explain(
     import cv2
     import numpy as np
 
-    from model_store.tensors import softmax
     from service.errors import EmoserveError
     from service.pipeline.decode import decode_image
 
@@ -227,8 +236,10 @@ def explain(
     for i, (box, score, face) in enumerate(items, 1):
         x = torch.from_numpy(ex.pre.normalize([face]))  # exactly the service's classifier input
         heat, logits = gradcam_logits(ex.net, x, cls, layer, flip=ex.flip)
-        probs = softmax(logits.numpy(), ex.temperature)[0]
+        probs = ex.probabilities(logits.numpy())[0]
         best = int(np.argmax(probs))
+        if cls is None and best != int(logits.argmax()):  # the prior correction moved the served label: map it
+            heat, _ = gradcam_logits(ex.net, x, best, layer, flip=ex.flip)
         shown = cls if cls is not None else best
         ranked = [int(k) for k in np.argsort(-probs)[:3]]
         caption = [f"{i}: {ex.labels[best]} {probs[best]:.2f}"]

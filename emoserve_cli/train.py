@@ -103,13 +103,20 @@ def export_command(
     """Export trained runs (or published models) to ONNX and publish; several become one ensemble (mean logits)."""
     from model_store import ModelStoreError
     from training.checkpoints import HeadError
-    from training.export import publish_run, publish_shipped
+    from training.data.readers import DatasetLayoutError
+    from training.export import ExportRefused, publish_run, publish_shipped
     from training.models.ensemble import EnsembleError
     from training.onnx_init import OnnxInitError
 
     if add_cam:
+        if head is not None or prior_correction or int8:
+            raise typer.BadParameter("--add-cam republishes models as they are: --head, --prior-correction and "
+                                     "--int8 do not apply")  # fmt: skip
         _add_cam(sources, alias, shipped)
         return
+    if head not in (None, "main") and not name:
+        raise typer.BadParameter(f"--head {head} publishes a model with other labels than the run's name says: "
+                                 "give it its own with --name (e.g. emotion-fer7)")  # fmt: skip
     for src in sources:
         if "@" not in src and not (Path(src) / "best.pt").is_file():
             raise typer.BadParameter(f"{src} has no best.pt (not a finished training run)")
@@ -120,7 +127,7 @@ def export_command(
             publish_shipped(sources, data, name, alias=alias, **kw)
         else:
             publish_run(sources, data, name, load_settings().model_root, alias=alias, **kw)
-    except (EnsembleError, OnnxInitError, ModelStoreError, HeadError) as exc:
+    except (EnsembleError, OnnxInitError, ModelStoreError, HeadError, ExportRefused, DatasetLayoutError) as exc:
         raise typer.BadParameter(str(exc)) from exc
 
 

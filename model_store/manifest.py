@@ -220,8 +220,9 @@ class Manifest(_Strict):
         return self.inputs[0]
 
     def to_json(self) -> str:
-        """The manifest as written to disk. Fields added after schema 1 are left out while unset, so that a
-        manifest written before them keeps its bytes (a packed release keeps its sha256)."""
+        """The manifest as written to disk. `_LATE_FIELDS` (added without a schema bump: `prior_correction`) are
+        left out while unset, so that a manifest written before them keeps its bytes (a packed release keeps
+        its sha256)."""
         data = self.model_dump(mode="json")
         for late in _LATE_FIELDS:
             if data.get(late) is None:

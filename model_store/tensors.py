@@ -9,7 +9,7 @@ output (`manifest.outputs[0].name`) is named "prob", "probs", "probabilities" or
 (case-insensitive). Otherwise the output is logits and gets a softmax. The manifest's `temperature`
 T divides the logits; for probability outputs it is applied as p^(1/T), renormalised, which is the
 same thing. A manifest's `prior_correction` then divides each probability by prior^strength and
-renormalises (logit adjustment: the logits minus strength * log prior).
+renormalises (logit adjustment: logits / T minus strength * log prior).
 """
 
 from __future__ import annotations

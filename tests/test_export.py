@@ -468,8 +468,7 @@ def test_prior_correction_is_published_and_served(trained: tuple[Path, Path], tm
     assert plain.prior_correction is None and fixed.prior_correction is not None
     prior = np.array(fixed.prior_correction.prior)
     assert fixed.prior_correction.strength == 1.0 and prior.sum() == pytest.approx(1.0, abs=1e-5)
-    trained_on = [fixed.labels.index(c) for c in ("angry", "happy", "sad", "surprise")]
-    assert np.allclose(prior[trained_on], prior[trained_on][0]) and prior[trained_on][0] > 0.2  # 150 faces each
+    assert np.allclose(prior, 1 / 7)  # 150 faces in each of 4 classes; the 3 unseen get the largest frequency
     assert fixed.metrics["folder_val_uncorrected"]["accuracy"] == plain.metrics["folder_val"]["accuracy"]
     served = evaluate_store_model(f"tiny-prior@{fixed.version}", data, "val", store_root=store_root)
     assert served["accuracy"] == pytest.approx(fixed.metrics["folder_val"]["accuracy"])
@@ -477,6 +476,73 @@ def test_prior_correction_is_published_and_served(trained: tuple[Path, Path], tm
     expected = softmax(z, fixed.temperature or 1.0) / prior
     assert np.allclose(probabilities(fixed, z), expected / expected.sum(1, keepdims=True))
     assert np.allclose(probabilities(plain, z), softmax(z, plain.temperature or 1.0))
+
+
+def test_class_prior_follows_the_targets_trained_on() -> None:
+    from training.metrics import class_prior
+
+    targets = np.array([0, 0, 0, 1])
+    assert class_prior(targets, ["a", "b"], ["b", "a", "c"]) == pytest.approx([1 / 7, 3 / 7, 3 / 7])
+    soft = np.array([[0.5, 0.5], [1.0, 0.0]])  # vote distributions: the mean, not the majority
+    assert class_prior(np.array([0, 0]), ["a", "b"], ["a", "b"], soft) == pytest.approx([0.75, 0.25])
+
+
+def test_prior_correction_refusals(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """A balanced run learnt no prior; the CLI says what `--head` and `--add-cam` need, before any work."""
+    from typer.testing import CliRunner
+
+    from emoserve_cli import app
+
+    run, data = trained
+    ck = torch.load(run / "best.pt", weights_only=True)
+    ck["config"]["augment"] = "balanced"
+    (tmp_path / "balanced").mkdir()
+    torch.save(ck, tmp_path / "balanced" / "best.pt")
+    with pytest.raises(E.ExportRefused, match="balanced its classes"):
+        E.publish_run(tmp_path / "balanced", data, "tiny-b", tmp_path / "store", prior_correction=0.5,
+                      log=lambda s: None)  # fmt: skip
+    for args, says in ((["--head", "fer2013"], "give it its own with --name"),
+                       (["--add-cam", "--prior-correction", "0.5"], "do not apply")):  # fmt: skip
+        res = CliRunner().invoke(app, ["export", str(run), *args])
+        assert res.exit_code == 2 and says in " ".join(res.output.split()), res.output
+
+
+def test_explain_serves_the_corrected_label(trained: tuple[Path, Path], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """`emoserve explain` says what the service says: with a strong prior correction against "happy", a happy
+    face's served label is another class, and explain's label and probabilities follow the manifest."""
+    import onnxruntime as ort
+    from typer.testing import CliRunner
+
+    from emoserve_cli import app
+    from model_store.tensors import normalize, probabilities
+
+    run, data = trained
+    root = tmp_path / "store"
+    plain = E.publish_run(run, data, "tiny-explain", root, shipped=None, log=lambda s: None)
+    store = ModelStore(root, shipped=None)
+    src = store.get("tiny-explain@1")
+    prior = [0.97 if c == "happy" else 0.005 for c in plain.labels]
+    draft = plain.model_dump(mode="json", exclude={"version", "files"})
+    draft["prior_correction"] = {"prior": [p / sum(prior) for p in prior], "strength": 2.0}
+    draft["temperature"] = 1.0  # the tiny model's fitted one is so low that no prior would move a label
+    fixed = store.publish(draft, {"model.onnx": src.model_path})
+    image = next((data / "val" / "happy").glob("*.png"))
+    monkeypatch.setenv("EMOSERVE_MODEL_ROOT", str(root))
+    res = CliRunner().invoke(app, ["explain", str(image), "--model", f"tiny-explain@{fixed.version}", "--out",
+                                   str(tmp_path / "out"), "--json", "--crop"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    face = json.loads(res.stdout)["faces"][0]
+    import cv2
+
+    size = fixed.input.size or (48, 48)
+    pixels = cv2.resize(cv2.imread(str(image), cv2.IMREAD_GRAYSCALE), size, interpolation=cv2.INTER_AREA)
+    sess = ort.InferenceSession(str(src.model_path), providers=["CPUExecutionProvider"])
+    raw = sess.run(None, {sess.get_inputs()[0].name: normalize(pixels[None, :, :, None], fixed.input)})[0]
+    served = probabilities(fixed, raw)[0]
+    assert probabilities(plain, raw)[0].argmax() == plain.labels.index("happy")
+    assert face["label"] == fixed.labels[int(served.argmax())] != "happy"
+    assert face["probabilities"][face["label"]] == pytest.approx(served.max(), abs=0.02)
 
 
 def test_prior_correction_manifest_is_validated() -> None:

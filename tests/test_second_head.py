@@ -114,6 +114,7 @@ def test_second_head_trains_and_exports_each_head(tmp_path: Path) -> None:
     second, cfg2, ck2 = load_checkpoint(out / "best.pt", head="folder")
     assert ck_main["config"]["classes"] == splits[0].labels and ck2["config"]["classes"] == ["a", "b", "c"]
     assert cfg2.format == "folder" and cfg2.data_kwargs == {}
+    assert cfg2.second_head == 0.0 and "second_labels" not in ck2["config"]  # a one-head model from here on
     x = torch.randn(4, 1, 48, 48)
     whole = create_model("resnet18s", n_main + 3, 1, width=8, stem_stride=2)
     whole.load_state_dict(full["model"])
@@ -122,6 +123,18 @@ def test_second_head_trains_and_exports_each_head(tmp_path: Path) -> None:
         assert torch.allclose(both, whole.eval()(x), atol=1e-5)  # each head is its columns of the whole network
     with pytest.raises(HeadError, match="its heads are main and folder"):
         load_checkpoint(out / "best.pt", head="fer2013")
+
+    # What else reads a best.pt reads the main head: init_from, and explain's checkpoint loader.
+    from training.explain import load_checkpoint_model
+    from training.train import init_from_checkpoint
+
+    fresh = create_model("resnet18s", n_main, 1, width=8, stem_stride=2)
+    assert init_from_checkpoint(fresh, out / "best.pt", splits[0].labels) == []
+    explained, classes = load_checkpoint_model(out / "best.pt")
+    assert classes == splits[0].labels
+    with torch.no_grad():
+        assert torch.allclose(fresh.eval()(x), main(x), atol=1e-5)
+        assert torch.allclose(explained(x), main(x), atol=1e-5)
 
     # The second head published alone: 3 labels, validated on data whose classes are its own.
     second_data = tmp_path / "second"

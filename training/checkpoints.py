@@ -54,7 +54,7 @@ def load_checkpoint(path: Path, head: str | None = None) -> tuple[nn.Module, Tra
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     conf = dict(ckpt["config"])
     cfg = TrainConfig.from_dict({k: v for k, v in conf.items() if k in TrainConfig.__dataclass_fields__})
-    model = build_model(cfg, int(conf["num_classes"]), int(conf["in_chans"]), ckpt["model"])
+    model = build_model(replace(cfg, pretrained=False), int(conf["num_classes"]), int(conf["in_chans"]), ckpt["model"])
     model.load_state_dict(ckpt["model"])
     second = conf.get("second_labels")
     if second is not None:
@@ -63,11 +63,14 @@ def load_checkpoint(path: Path, head: str | None = None) -> tuple[nn.Module, Tra
             rows = list(range(n_main))
         elif head == second["format"]:
             rows = list(range(n_main, int(conf["num_classes"])))
-            conf.update(classes=list(second["classes"]), format=second["format"], data_kwargs={})
-            cfg = replace(cfg, format=second["format"], data_kwargs={})
+            rel = cfg.data_kwargs.get(second["format"])  # where the run read that head's labels, from its data
+            data = str(Path(cfg.data) / rel) if cfg.data and isinstance(rel, str) else cfg.data
+            conf.update(classes=list(second["classes"]), format=second["format"], data_kwargs={}, data=data)
+            conf.pop("second_labels")
+            cfg = replace(cfg, format=second["format"], data_kwargs={}, data=data, second_head=0.0)
         else:
             raise HeadError(f"{path}: no head {head!r}; its heads are main and {second['format']}")
-        keep_outputs(model, rows)
+        keep_outputs(model, rows, int(conf["num_classes"]))
         conf["num_classes"] = len(rows)
         ckpt = {**ckpt, "config": conf}
     elif head not in (None, "main"):
@@ -76,11 +79,13 @@ def load_checkpoint(path: Path, head: str | None = None) -> tuple[nn.Module, Tra
     return model, cfg, ckpt
 
 
-def keep_outputs(model: nn.Module, rows: list[int]) -> None:
-    """Cut the network's last linear layer down to the output rows `rows` (the same logits for those classes)."""
+def keep_outputs(model: nn.Module, rows: list[int], outputs: int) -> None:
+    """Cut the network's last linear layer (of `outputs` rows, one per logit) down to the rows `rows` (the same
+    logits for those classes)."""
     name = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
     old = model.get_submodule(name)
-    assert isinstance(old, nn.Linear)
+    if not isinstance(old, nn.Linear) or old.out_features != outputs:
+        raise HeadError(f"the network's last linear layer ({name}) is not its {outputs}-logit head")
     new = nn.Linear(old.in_features, len(rows), bias=old.bias is not None)
     with torch.no_grad():
         new.weight.copy_(old.weight[rows])

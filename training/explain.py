@@ -272,6 +272,11 @@ def load_checkpoint_model(
     from training.models import create_model
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) and ckpt["config"].get("second_labels"):
+        from training.checkpoints import load_checkpoint
+
+        net, _, main = load_checkpoint(checkpoint)  # a run trained with a second head: its main head
+        return net, list(main["config"]["classes"])
     config: dict[str, Any] = {}
     state = ckpt
     if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):

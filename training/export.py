@@ -40,6 +40,10 @@ class ParityError(RuntimeError):
     """The ONNX model does not reproduce the torch model's outputs."""
 
 
+class ExportRefused(ValueError):
+    """An export option does not fit the run (said in the message)."""
+
+
 def export_onnx(
     model: nn.Module, path: Path, input_size: tuple[int, int, int], opset: int = 17,
     outputs: Sequence[str] = (OUTPUT_NAME,),
@@ -201,8 +205,8 @@ def load_member(source: Path | str, head: str | None = None) -> Member:
     if isinstance(source, str) and "@" in source and not Path(source).is_dir():
         from training.models.ensemble import EnsembleError, members_of
 
-        if head is not None:
-            raise EnsembleError(f"{source}: a published graph has one head; --head takes a run folder")
+        if head not in (None, "main"):
+            raise EnsembleError(f"{source}: a published graph has one head; --head {head} takes a run folder")
         from training.onnx_init import resolve_member, torch_model_from_store
 
         src = resolve_member(source)
@@ -289,13 +293,17 @@ def publish_run(
         correction = None
         if prior_correction > 0:
             train = load_dataset(data, "train", cfg.format, **cfg.data_kwargs)
-            prior = class_prior(train.targets, train.labels, val.labels)
+            if cfg.augment == "balanced":
+                raise ExportRefused("--prior-correction: this run balanced its classes (augment: balanced), so it "
+                                "did not learn the training prior; there is nothing to divide out")  # fmt: skip
+            prior = class_prior(train.targets, train.labels, val.labels, train.soft if cfg.soft_targets else None)
             correction = {"prior": prior, "strength": prior_correction}
             probs = correct_prior(softmax(logits, temp["temperature"]), prior, prior_correction)
             metrics[f"{key}_uncorrected"] = metrics[key]
             rep = classification_report(val.targets, probs, val.labels)
             metrics[key] = {"accuracy": rep["accuracy"], "balanced_accuracy": rep["balanced_accuracy"],
                             "macro_f1": rep["macro_f1"], "ece": expected_calibration_error(probs, val.targets),
+                            "nll": float(-np.log(np.clip(probs[np.arange(len(val)), val.targets], 1e-12, None)).mean()),
                             "n": float(len(val))}  # fmt: skip
             log(f"[export] prior correction {prior_correction}: accuracy {rep['accuracy']:.4f} balanced accuracy "
                 f"{rep['balanced_accuracy']:.4f}")  # fmt: skip
@@ -303,8 +311,9 @@ def publish_run(
             f"macro F1 {rep['macro_f1']:.4f} T {temp['temperature']:.3f}")  # fmt: skip
         files = {"model.onnx": onnx_path}
         extra = ""
-        if int8:
-            extra = _int8(onnx_path, val, x_val, rep["accuracy"], int8_max_drop, files, metrics, key, log)
+        if int8:  # the int8 graph against the float graph, both without the correction
+            own = f"{key}_uncorrected" if correction is not None else key
+            extra = _int8(onnx_path, val, x_val, metrics[own]["accuracy"], int8_max_drop, files, metrics, own, log)
         config = cfg.to_dict()
         if len(members) > 1:
             config["ensemble"] = [m.cfg.to_dict() for m in members]

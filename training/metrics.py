@@ -35,12 +35,21 @@ def classification_report(y_true: np.ndarray, scores: np.ndarray, labels: list[s
     }
 
 
-def class_prior(targets: np.ndarray, target_labels: list[str], labels: list[str], floor: float = 1e-3) -> list[float]:
-    """The class frequencies of `targets` (ids into `target_labels`) in the order of `labels`, each at least
-    `floor` (a class without images still gets a frequency), summing to 1."""
-    counts = np.bincount(np.asarray(targets, np.int64), minlength=len(target_labels)).astype(np.float64)
-    freq = np.array([counts[target_labels.index(c)] if c in target_labels else 0.0 for c in labels])
-    freq = np.maximum(freq / max(freq.sum(), 1.0), floor)
+def class_prior(
+    targets: np.ndarray, target_labels: list[str], labels: list[str], soft: np.ndarray | None = None
+) -> list[float]:
+    """The class frequencies a model was trained on, in the order of `labels`, summing to 1: the mean of the
+    soft targets `soft` (N x len(target_labels)) when given, else the counts of `targets` (ids into
+    `target_labels`). A class without training images gets the largest frequency of the others, so that a
+    correction by this prior never favours a class the model has not seen."""
+    if soft is not None:
+        mass = np.asarray(soft, np.float64).sum(axis=0)
+    else:
+        mass = np.bincount(np.asarray(targets, np.int64), minlength=len(target_labels)).astype(np.float64)
+    freq = np.array([mass[target_labels.index(c)] if c in target_labels else 0.0 for c in labels])
+    if not (freq > 0).any():
+        raise ValueError("no training targets to take a prior from")
+    freq[freq <= 0] = freq.max()
     return [round(float(f), 6) for f in freq / freq.sum()]
 
 

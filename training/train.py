@@ -46,6 +46,9 @@ def init_from_checkpoint(model: nn.Module, path: Path, classes: list[str]) -> li
     """
     ck = torch.load(path, map_location="cpu", weights_only=True)
     src, src_classes = ck["model"], list(ck["config"]["classes"])
+    if ck["config"].get("second_labels"):  # a run trained with a second head: its main head's rows
+        net, _, ck = load_checkpoint(path)
+        src = net.state_dict()
     state = model.state_dict()
     missing = []
     for key, dst in state.items():
