@@ -19,6 +19,7 @@ from model_store.names import validate_name, validate_version
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"  # an optional static-QDQ int8 variant of MODEL_FILE (same inputs and outputs)
 CARD_FILE = "MODEL_CARD.md"
 
 Task = Literal["face_detector", "emotion_classifier"]
@@ -214,6 +215,12 @@ class Manifest(_Strict):
             return MODEL_FILE
         onnx = [n for n in names if n.endswith(".onnx")]
         return onnx[0] if onnx else names[0]
+
+    @property
+    def int8_file(self) -> str | None:
+        """The artifact's int8 variant of its model (`model.int8.onnx`), when it has one besides `model.onnx`."""
+        names = {f.path for f in self.files}
+        return INT8_FILE if INT8_FILE in names and MODEL_FILE in names else None
 
     @property
     def input(self) -> InputSpec:

@@ -72,6 +72,12 @@ class ResolvedModel:
         return self.path / self.manifest.model_file
 
     @property
+    def int8_path(self) -> Path | None:
+        """The int8 variant's file (`Manifest.int8_file`), or None."""
+        name = self.manifest.int8_file
+        return None if name is None else self.path / name
+
+    @property
     def ref(self) -> str:
         return f"{self.manifest.name}@{self.manifest.version}"
 

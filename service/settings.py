@@ -47,6 +47,11 @@ class Settings(BaseSettings):
         "(set explicitly with a GPU provider, a start without one logs a warning).",
     )
     require_gpu: bool = Field(False, description="Fail at load when no GPU provider is really in use.")
+    int8: bool = Field(
+        True,
+        description="On the CPU, run a model's int8 graph (`model.int8.onnx`, static QDQ) when its artifact has "
+        "one; false runs the float graph.",
+    )
     intra_op_threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads (0 = cores / workers).")
     session_concurrency: int = Field(2, ge=1, le=64, description="Concurrent runs allowed per inference session.")
     max_batch: int = Field(32, ge=1, le=1024, description="Dynamic batching: most faces per classifier batch.")

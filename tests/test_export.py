@@ -62,8 +62,7 @@ def test_export_parity_and_tamper_detection(trained: tuple[Path, Path], tmp_path
 def test_publish_writes_manifest_and_card(trained: tuple[Path, Path], tmp_path: Path) -> None:
     run, data = trained
     store_root = tmp_path / "store"
-    m = E.publish_run(run, data, "emotion-test", store_root, shipped=None, int8=True, int8_max_drop=1.0,
-                      log=lambda s: None)  # fmt: skip
+    m = E.publish_run(run, data, "emotion-test", store_root, shipped=None, int8=True, log=lambda s: None)
     store = ModelStore(store_root, shipped=None)
     resolved = store.get("emotion-test@production")
     assert resolved.manifest.version == m.version == 1
@@ -76,6 +75,22 @@ def test_publish_writes_manifest_and_card(trained: tuple[Path, Path], tmp_path: 
     assert m.provenance.training is not None and m.provenance.training.dataset_fingerprint
     assert m.provenance.training.config["flip_tta"] is True
     assert {f.path for f in m.files} == {"model.onnx", "model.int8.onnx"}
+    assert metrics["int8_accuracy"] >= acc - 0.003  # kept only within 0.3 points of the float graph
+
+    # The service runs the int8 graph on the CPU unless EMOSERVE_INT8=false; both answer alike.
+    from model_store.tensors import normalize
+    from service.runtime import SessionPool
+    from service.settings import get_settings
+    from training.data import load_dataset
+
+    x = normalize(load_dataset(data, "val").images[:32, :, :, None], m.input)
+    runs = {}
+    for int8 in (True, False):
+        session = SessionPool(get_settings(model_root=store_root, int8=int8)).load(resolved)
+        assert session.variant == ("int8" if int8 else "float")
+        runs[int8] = session.run(None, x)[0]
+    assert not np.array_equal(runs[True], runs[False])  # another graph
+    assert (runs[True].argmax(1) == runs[False].argmax(1)).mean() >= 0.9
 
     from training.evaluate import evaluate_store_model
 

@@ -126,11 +126,19 @@ class ModelSession:
     """An InferenceSession look-alike (same `run` signature) with bounded concurrency and an async `arun`."""
 
     def __init__(
-        self, session: Any, *, name: str, version: int, concurrency: int, executor: ThreadPoolExecutor
+        self,
+        session: Any,
+        *,
+        name: str,
+        version: int,
+        concurrency: int,
+        executor: ThreadPoolExecutor,
+        variant: str = "float",
     ) -> None:
         self.session = session
         self.name = name
         self.version = version
+        self.variant = variant  # "int8" when the artifact's int8 graph runs
         self.provider: str = session.get_providers()[0]
         self.device = "gpu" if self.provider in GPU_PROVIDERS else "cpu"
         self.input_names = [i.name for i in session.get_inputs()]
@@ -163,7 +171,7 @@ class ModelSession:
         return list(self.session.get_providers())
 
     def __repr__(self) -> str:
-        return f"ModelSession({self.name}@{self.version} on {self.provider})"
+        return f"ModelSession({self.name}@{self.version} {self.variant} on {self.provider})"
 
 
 class SessionPool:
@@ -187,6 +195,9 @@ class SessionPool:
     def load(self, model: ResolvedModel) -> ModelSession:
         """The session of a verified store artifact (created, verified and warmed on first use)."""
         size = model.manifest.input.size
+        int8 = model.int8_path if self.settings.int8 and self.providers()[0] not in GPU_PROVIDERS else None
+        if int8 is not None:
+            return self._get(int8, model.manifest.name, model.manifest.version, size, variant="int8")
         return self._get(model.model_path, model.manifest.name, model.manifest.version, size)
 
     def session_factory(self, path: Path, *, free_spatial: bool = False) -> ModelSession:
@@ -202,14 +213,20 @@ class SessionPool:
         return self._get(path, path.stem, 0, None, free_spatial)
 
     def _get(
-        self, path: Path, name: str, version: int, size: tuple[int, int] | None, free_spatial: bool = False
+        self,
+        path: Path,
+        name: str,
+        version: int,
+        size: tuple[int, int] | None,
+        free_spatial: bool = False,
+        variant: str = "",
     ) -> ModelSession:
         providers = self.providers()
         device = "gpu" if providers[0] in GPU_PROVIDERS else "cpu"
-        key = (name, version, device + ("/free-hw" if free_spatial else ""))
+        key = (name, version, device + ("/free-hw" if free_spatial else "") + (f"/{variant}" if variant else ""))
         with self._lock:
             if key not in self._sessions:
-                self._sessions[key] = self._create(path, name, version, providers, size, free_spatial)
+                self._sessions[key] = self._create(path, name, version, providers, size, free_spatial, variant)
             return self._sessions[key]
 
     def _create(
@@ -220,6 +237,7 @@ class SessionPool:
         providers: list[str],
         size: tuple[int, int] | None,
         free_spatial: bool = False,
+        variant: str = "",
     ) -> ModelSession:
         import onnxruntime as ort
 
@@ -239,7 +257,12 @@ class SessionPool:
         log.debug("%s@%s runs on %s", name, version, active[0])
         self._report_provider(active[0], list(ort.get_available_providers()))
         session = ModelSession(
-            raw, name=name, version=version, concurrency=self.settings.session_concurrency, executor=self.executor
+            raw,
+            name=name,
+            version=version,
+            concurrency=self.settings.session_concurrency,
+            executor=self.executor,
+            variant=variant or "float",
         )
         try:
             session.run(None, dummy_feeds(raw, size))
