@@ -6,6 +6,8 @@ Each model runs on random input of its manifest's size (the preprocessing cost i
 benchmark's business); the ratio column compares with the first model listed (the baseline, by
 default `emotion-ferplus8@3`) at the same batch size and thread count, measured in the same run.
 The accuracy column is the manifest's validation metric, so speed and accuracy sit side by side.
+A model whose artifact has an int8 graph (`model.int8.onnx`, what the service runs on the CPU) gets a
+second row, `(int8)`, with that graph's speed and accuracy.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ sys.path.insert(0, str(REPO))
 from model_store import ModelStore  # noqa: E402
 from model_store.storage import LocalStorage  # noqa: E402
 
-DEFAULT_MODELS = [  # versions 4 (2 for -fast) are 3 (1) re-exported with a `cam` output, fetched here as served
+DEFAULT_MODELS = [  # version 4 is 3 re-exported with a `cam` output; -fast@3 is one MobileNetV2 (float and int8)
     "emotion-ferplus8@3",
     "emotion-ferplus8@4",
     "emotion-ferplus8-fast@2",
-    "emotion-fer7@3",
+    "emotion-ferplus8-fast@3",
     "emotion-fer7@4",
 ]
 
@@ -71,10 +73,15 @@ def main() -> None:
         m = r.manifest
         w, h = m.input.size or (48, 48)
         c = 1 if m.input.color == "GRAY" else 3
-        ms, fps = faces_per_second(r.model_path, (batch, c, h, w), threads, args.iterations)
-        base.setdefault((batch, threads), fps)
-        acc = next((f"{v['accuracy']:.2%} {k}" for k, v in m.metrics.items() if k.endswith("_val")), "-")
-        rows.append((r.ref, f"{m.family} {w}x{h}", acc, batch, threads, ms, fps, fps / base[(batch, threads)]))
+        graphs = [(r.ref, r.model_path, "accuracy")]
+        if r.int8_path is not None:
+            graphs.append((f"{r.ref} (int8)", r.int8_path, "int8_accuracy"))
+        for label, path, metric in graphs:
+            ms, fps = faces_per_second(path, (batch, c, h, w), threads, args.iterations)
+            base.setdefault((batch, threads), fps)
+            acc = next((f"{v[metric]:.2%} {k}" for k, v in m.metrics.items() if k.endswith("_val") and metric in v),
+                       "-")  # fmt: skip
+            rows.append((label, f"{m.family} {w}x{h}", acc, batch, threads, ms, fps, fps / base[(batch, threads)]))
     print("| model | network, input | validation accuracy | batch | threads | p50 ms/batch | faces/s | vs first |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for ref, net, acc, batch, threads, ms, fps, ratio in rows:

@@ -155,11 +155,12 @@ def test_wheel_carries_only_what_a_fresh_install_serves(tmp_path: Path) -> None:
     (wheel,) = (tmp_path / "dist").glob("emoserve-*.whl")
     assert wheel.stat().st_size < WHEEL_LIMIT, f"{wheel.name} is {wheel.stat().st_size / 1024**2:.1f} MB"
     served = {
-        f"model_store/shipped/{folder.name}/{v}/model.onnx"
+        f"model_store/shipped/{folder.name}/{v}/{f['path']}"
         for folder in SHIPPED_ROOT.iterdir()
         if folder.is_dir()
         for v in set(json.loads((folder / "aliases.json").read_text())["aliases"].values())
-    }
+        for f in json.loads((folder / str(v) / "manifest.json").read_text())["files"]
+    }  # each served version's graphs: model.onnx, and model.int8.onnx where it has one
     with zipfile.ZipFile(wheel) as zf:
         onnx = {n for n in zf.namelist() if n.endswith(".onnx")}
     assert onnx == served
