@@ -197,7 +197,9 @@ class SessionPool:
         size = model.manifest.input.size
         int8 = model.int8_path if self.settings.int8 and self.providers()[0] not in GPU_PROVIDERS else None
         if int8 is not None:
-            return self._get(int8, model.manifest.name, model.manifest.version, size, variant="int8")
+            session = self._get(int8, model.manifest.name, model.manifest.version, size, variant="int8")
+            log.info("%s runs its int8 graph (%s; EMOSERVE_INT8=false runs the float one)", model.ref, int8.name)
+            return session
         return self._get(model.model_path, model.manifest.name, model.manifest.version, size)
 
     def session_factory(self, path: Path, *, free_spatial: bool = False) -> ModelSession:
