@@ -45,6 +45,7 @@ class Row:
     frames: int = 0
     face_frames: int = 0
     agree: int = 0
+    box_misses: int = 0  # faces of the full analysis with no box of IoU >= 0.7 in the reuse path
     classified: int = 0
     detections: int = 0
     full_s: float = 0.0
@@ -63,17 +64,18 @@ def frames_of(path: Path, limit: int) -> list[np.ndarray]:
     return out
 
 
-def agreement(full: AnalysisResult, reused: AnalysisResult) -> int:
-    """Faces of `full` matched in `reused` with IoU >= 0.7 and the same label."""
+def agreement(full: AnalysisResult, reused: AnalysisResult) -> tuple[int, int]:
+    """(faces of `full` matched in `reused` with IoU >= 0.7 and the same label, faces with no such box)."""
     if not full.faces or not reused.faces:
-        return 0
+        return 0, len(full.faces)
     boxes = [[(f.box.x1, f.box.y1, f.box.x2, f.box.y2) for f in r.faces] for r in (full, reused)]
     iou = iou_matrix(boxes[0], boxes[1])
-    agree = 0
+    agree = misses = 0
     for i, face in enumerate(full.faces):
         j = int(np.argmax(iou[i]))
+        misses += iou[i, j] < 0.7
         agree += iou[i, j] >= 0.7 and reused.faces[j].emotion.label == face.emotion.label
-    return agree
+    return agree, misses
 
 
 async def run_clip(pipe: Pipeline, name: str, frames: list[np.ndarray], policy: ReusePolicy) -> Row:
@@ -94,7 +96,9 @@ async def run_clip(pipe: Pipeline, name: str, frames: list[np.ndarray], policy: 
     row.reuse_s = time.perf_counter() - start
     for a, b in zip(full, reused, strict=True):
         row.face_frames += len(a.faces)
-        row.agree += agreement(a, b)
+        agree, misses = agreement(a, b)
+        row.agree += agree
+        row.box_misses += misses
     return row
 
 
@@ -125,8 +129,8 @@ def main() -> None:
 
     rows = asyncio.run(run_all())
     table = Table(title=f"stream reuse vs full analysis ({policy})")
-    for col in ("clip", "frames", "face-frames", "agreement", "detections", "classifications", "full ms/frame",
-                "reuse ms/frame", "speed-up"):  # fmt: skip
+    for col in ("clip", "frames", "face-frames", "agreement", "box misses", "label misses", "detections",
+                "classifications", "full ms/frame", "reuse ms/frame", "speed-up"):  # fmt: skip
         table.add_column(col)
     for r in rows:
         table.add_row(
@@ -134,6 +138,8 @@ def main() -> None:
             str(r.frames),
             str(r.face_frames),
             f"{r.agree / max(1, r.face_frames):.1%}",
+            str(r.box_misses),
+            str(r.face_frames - r.agree - r.box_misses),
             f"{r.detections} ({r.detections / max(1, r.frames):.0%})",
             f"{r.classified} ({r.classified / max(1, r.face_frames):.0%})",
             f"{r.full_s / r.frames * 1000:.1f}",
