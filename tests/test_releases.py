@@ -84,6 +84,35 @@ def test_rollback_on_a_fresh_install_pulls_the_previous_production(
     assert r.returncode == 0 and "already present as emotion-ferplus8@3" in r.stdout, r.stdout + r.stderr
 
 
+def test_every_shipped_model_rolls_back_on_a_fresh_install(mirror: Path, tmp_path: Path) -> None:
+    """Each shipped alias file names the production version before (what a fresh install rolls back to), and
+    that version is a release the mirror holds."""
+    env = {"EMOSERVE_MODEL_MIRROR": str(mirror)}
+    rolled = []
+    for folder in sorted(p for p in SHIPPED_ROOT.iterdir() if p.is_dir()):
+        history = json.loads((folder / "aliases.json").read_text())["history"]
+        if not history:  # shipped once, never replaced (the detector)
+            continue
+        previous = history[-1]["previous"]
+        r = emoserve(tmp_path, "models", "rollback", folder.name, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert ModelStore(tmp_path / "root").aliases(folder.name)["production"] == previous
+        rolled.append(folder.name)
+    assert "emotion-ferplus8-fast" in rolled and "emotion-ferplus8" in rolled
+
+
+def test_ship_alias_keeps_the_history(tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="publishing lives in the training extra")
+    from training.export import ship_alias
+
+    (tmp_path / "m").mkdir()
+    for version in (1, 2, 2):
+        ship_alias(tmp_path, "m", "production", version)
+    saved = json.loads((tmp_path / "m" / "aliases.json").read_text())
+    assert saved["aliases"] == {"production": 2}
+    assert [(h["version"], h["previous"]) for h in saved["history"]] == [(1, None), (2, 1)]
+
+
 def test_pull_of_a_release_installs_it_under_its_version(mirror: Path, tmp_path: Path) -> None:
     r = emoserve(tmp_path, "models", "pull", "emotion-fer7@3", "--mirror", str(mirror))
     assert r.returncode == 0, r.stderr
