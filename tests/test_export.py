@@ -161,9 +161,9 @@ def test_evaluate_shared_classes(trained: tuple[Path, Path], tmp_path: Path) -> 
 def test_publish_shipped_layout(trained: tuple[Path, Path], tmp_path: Path) -> None:
     shipped = tmp_path / "shipped"
     m = E.publish_shipped(trained[0], trained[1], "emotion-ship", shipped, log=lambda s: None)
-    assert json.loads((shipped / "emotion-ship" / "aliases.json").read_text()) == {
-        "aliases": {"production": 1}, "history": [],
-    }  # fmt: skip
+    saved = json.loads((shipped / "emotion-ship" / "aliases.json").read_text())
+    assert saved["aliases"] == {"production": 1}
+    assert [(h["alias"], h["version"], h["previous"]) for h in saved["history"]] == [("production", 1, None)]
     assert sorted(p.name for p in (shipped / "emotion-ship" / "1").iterdir()) == [
         "MODEL_CARD.md", "manifest.json", "model.onnx",
     ]  # fmt: skip
