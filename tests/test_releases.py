@@ -103,9 +103,12 @@ def test_every_shipped_model_rolls_back_on_a_fresh_install(mirror: Path, tmp_pat
 
 def test_ship_alias_keeps_the_history(tmp_path: Path) -> None:
     pytest.importorskip("torch", reason="publishing lives in the training extra")
+    from tests.helpers.tiny_models import classifier_draft, tiny_classifier_onnx
     from training.export import ship_alias
 
-    (tmp_path / "m").mkdir()
+    onnx = tiny_classifier_onnx(tmp_path / "t.onnx")
+    for _ in range(2):  # versions 1 and 2 of "m", in a folder laid out as the shipped layer
+        ModelStore(tmp_path, shipped=None).publish(classifier_draft("m"), {"model.onnx": onnx})
     for version in (1, 2, 2):
         ship_alias(tmp_path, "m", "production", version)
     saved = json.loads((tmp_path / "m" / "aliases.json").read_text())

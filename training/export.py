@@ -385,16 +385,13 @@ def publish_shipped(run_dir: Path | str | Sequence[Path | str], data_dir: Path |
 
 
 def ship_alias(root: Path, name: str, alias: str, version: int) -> None:
-    """Point `alias` of a model in the shipped layer at `version` and tidy up. The alias file keeps its history
-    and gains this move, so that `emoserve models rollback` on a fresh install knows the version before."""
-    path = root / name / "aliases.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    history = [h for h in old.get("history", []) if h.get("alias") == alias]
-    previous = (old.get("aliases") or {}).get(alias)
-    if previous != version:
-        history.append({"alias": alias, "version": version, "previous": previous, "action": "set",
-                        "at": datetime.now(UTC).isoformat(timespec="seconds")})  # fmt: skip
-    path.write_text(json.dumps({"aliases": {alias: version}, "history": history}, indent=2) + "\n")
+    """Point `alias` of a model in the shipped layer at `version` and tidy up. The move goes into the alias
+    history (`ModelStore.set_alias`), which `emoserve models rollback` on a fresh install steps back through."""
+    from model_store import ModelStore
+
+    store = ModelStore(root, shipped=None)
+    if store.aliases(name).get(alias) != version:
+        store.set_alias(name, alias, version)
     (root / name / ".lock").unlink(missing_ok=True)  # the writer's lock file is not part of the package
     staging = root / ".staging"
     if staging.is_dir() and not any(staging.iterdir()):

@@ -177,12 +177,12 @@ def _heads(cfg: TrainConfig, train: FaceDataset) -> list[tuple[int, float]]:
     return [*main, (len(train.second.labels), cfg.second_head)] if cfg.second_head > 0 and train.second else main
 
 
-def _second_accuracy(logits: np.ndarray, val: FaceDataset) -> float | None:
-    """Accuracy of the second head's columns on the validation images that have a second label."""
-    if val.second is None or logits.shape[1] <= val.num_classes:
+def _second_accuracy(second_logits: np.ndarray, val: FaceDataset) -> float | None:
+    """Accuracy of the second head (its logits, N x its classes) on the validation images with a second label."""
+    if val.second is None or second_logits.shape[1] == 0:
         return None
     has = val.second.targets >= 0
-    pred = logits[has, val.num_classes :].argmax(1)
+    pred = second_logits[has].argmax(1)
     return float((pred == val.second.targets[has]).mean()) if has.any() else None
 
 
@@ -263,7 +263,7 @@ def train_run(
         evaluated = ema.module if ema is not None else model  # the weights that get validated and exported
         logits = predict_logits(evaluated, val.images, norm, rt, cfg.eval_batch_size)
         val_acc = float((logits[:, : val.num_classes].argmax(1) == val.targets).mean())
-        second_acc = _second_accuracy(logits, val)
+        second_acc = _second_accuracy(logits[:, val.num_classes :], val)
         if cfg.schedule == "plateau":
             sched.step(val_acc)
         dt = time.time() - te
@@ -336,9 +336,9 @@ def finish_run(
     if second is not None and val.second is not None:
         head, _, _ = load_checkpoint(out / "best.pt", head=second["format"])
         has = val.second.targets >= 0
-        pred = predict_logits(head.to(rt.device), val.images[has], norm_of(head), fp32).argmax(1)
+        head_logits = predict_logits(head.to(rt.device), val.images, norm_of(head), fp32)
         metrics["second_head"] = {"format": second["format"], "n": int(has.sum()),
-                                  "val_accuracy": float((pred == val.second.targets[has]).mean())}  # fmt: skip
+                                  "val_accuracy": _second_accuracy(head_logits, val)}  # fmt: skip
         log(f"[train] second head ({second['format']}): {metrics['second_head']['val_accuracy']:.4f} on the "
             f"{int(has.sum())} validation images with its label")  # fmt: skip
     if rt.main:

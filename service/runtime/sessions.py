@@ -1,6 +1,6 @@
 """onnxruntime sessions: provider choice and verification, CPU options, warm-up, bounded runs.
 
-One `ModelSession` per (model name, version, device) lives in a `SessionPool`. Every run holds a
+One `ModelSession` per (model name, version, device, graph variant) lives in a `SessionPool`. Every run holds a
 slot of a semaphore of `settings.session_concurrency`; `arun` runs in the pool's thread pool so
 the event loop never blocks (onnxruntime releases the GIL while it computes).
 """
@@ -175,12 +175,12 @@ class ModelSession:
 
 
 class SessionPool:
-    """One `ModelSession` per (name, version, device), built with the settings' providers and options."""
+    """One `ModelSession` per (name, version, device, float or int8 graph), with the settings' providers and options."""
 
     def __init__(self, settings: Settings, *, threads: int | None = None) -> None:
         self.settings = settings
         self.threads = threads
-        self._sessions: dict[tuple[str, int, str], ModelSession] = {}
+        self._sessions: dict[tuple[str, int, str, str], ModelSession] = {}
         self._lock = threading.Lock()
         self._reported: set[str] = set()  # providers already named in the log
         self.executor = ThreadPoolExecutor(
@@ -221,11 +221,11 @@ class SessionPool:
         version: int,
         size: tuple[int, int] | None,
         free_spatial: bool = False,
-        variant: str = "",
+        variant: str = "float",
     ) -> ModelSession:
         providers = self.providers()
         device = "gpu" if providers[0] in GPU_PROVIDERS else "cpu"
-        key = (name, version, device + ("/free-hw" if free_spatial else "") + (f"/{variant}" if variant else ""))
+        key = (name, version, device + ("/free-hw" if free_spatial else ""), variant)
         with self._lock:
             if key not in self._sessions:
                 self._sessions[key] = self._create(path, name, version, providers, size, free_spatial, variant)
@@ -239,7 +239,7 @@ class SessionPool:
         providers: list[str],
         size: tuple[int, int] | None,
         free_spatial: bool = False,
-        variant: str = "",
+        variant: str = "float",
     ) -> ModelSession:
         import onnxruntime as ort
 
@@ -264,7 +264,7 @@ class SessionPool:
             version=version,
             concurrency=self.settings.session_concurrency,
             executor=self.executor,
-            variant=variant or "float",
+            variant=variant,
         )
         try:
             session.run(None, dummy_feeds(raw, size))
