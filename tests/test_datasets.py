@@ -357,6 +357,35 @@ def test_degrade_loses_detail_and_changes_tone() -> None:
         TrainConfig.from_dict({"degrade": 1.5}).validate()
 
 
+def test_degrade_jpeg_compresses_a_face_as_small_as_its_48px_original(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training face is a 48 px FER image upsampled to the network's side; a JPEG round trip at that side barely
+    touches it, while the robustness suite's "jpeg 30" compresses the 48 px original. The training JPEG works
+    on the face at 48 px up to the image's side, so it brackets the suite's shift."""
+    from training.data import degrade
+
+    noise = (np.random.default_rng(2).random((48, 48)) * 255).astype(np.uint8)
+    blurred = cv2.GaussianBlur(noise, (0, 0), 1.0).astype(np.float32)
+    small = np.rint((blurred - blurred.min()) * 255 / np.ptp(blurred)).astype(np.uint8)  # face-like detail
+    face = cv2.resize(small, (96, 96), interpolation=cv2.INTER_LINEAR)
+    suite = cv2.resize(degrade.jpeg(small, 30), (96, 96), interpolation=cv2.INTER_LINEAR)
+
+    def err(img: np.ndarray) -> float:
+        return float(np.abs(img.astype(np.float32) - face).mean())
+
+    assert err(degrade.jpeg(face, 30)) < 0.7 * err(suite) < err(degrade.jpeg_at(face, 30, 48)) < 1.5 * err(suite)
+    sides: list[float] = []
+
+    def record(img: np.ndarray, quality: int, side: float) -> np.ndarray:
+        sides.append(side)
+        return img
+
+    monkeypatch.setattr(degrade, "jpeg_at", record)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        degrade.random_degrade(face, rng, 1.0)
+    assert len(sides) > 30 and min(sides) >= 48 and max(sides) <= 96 and min(sides) < 60
+
+
 def test_balanced_indices() -> None:
     y = np.repeat(np.arange(3), [50, 10, 5])
     idx = balanced_indices(y, np.random.default_rng(0))

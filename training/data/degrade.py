@@ -32,6 +32,17 @@ def jpeg(img: np.ndarray, quality: int = 30) -> np.ndarray:
     return cv2.cvtColor(out, cv2.COLOR_BGR2RGB) if rgb else out
 
 
+def jpeg_at(img: np.ndarray, quality: int, side: float) -> np.ndarray:
+    """A JPEG round trip with the face at `side` px (resized there and back), so its 8x8 blocks cover as much
+    of the face as they would in an image where the face is `side` px wide."""
+    h, w = img.shape[:2]
+    size = (max(8, round(w * side / max(h, w))), max(8, round(h * side / max(h, w))))
+    if size == (w, h):
+        return jpeg(img, quality)
+    small = jpeg(cv2.resize(img, size, interpolation=cv2.INTER_AREA), quality)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 def downscale(img: np.ndarray, side: float = 24) -> np.ndarray:
     """Down to `side` px at 48 px (the same fraction of other sides), area averaging, and back up bilinearly."""
     h, w = img.shape[:2]
@@ -53,9 +64,10 @@ def tone(img: np.ndarray, brightness: float = 0.0, contrast: float = 1.0, gamma:
 
 def random_degrade(img: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
     """With probability `prob`, one loss of detail (downscale to 16-40 px, blur of sigma 0.4-1.6 or a JPEG
-    round trip at quality 15-70, at 48 px), and independently with probability `prob` a random tone
-    (brightness +-50, contrast 0.5-1.3, gamma 0.55-2.0): the conditions a service's crops meet and FER's
-    images rarely show. The strengths bracket the robustness suite's."""
+    round trip at quality 15-70, at 48 px; the JPEG's face is 48 px to the image's side wide, since a training
+    image upsampled from 48 px hides the 8x8 blocks that compress a 48 px face), and independently with
+    probability `prob` a random tone (brightness +-50, contrast 0.5-1.3, gamma 0.55-2.0): the conditions a
+    service's crops meet and FER's images rarely show. The strengths bracket the robustness suite's."""
     if prob <= 0:
         return img
     if rng.random() < prob:
@@ -65,7 +77,7 @@ def random_degrade(img: np.ndarray, rng: np.random.Generator, prob: float) -> np
         elif kind == 1:
             img = blur(img, rng.uniform(0.4, 1.6))
         else:
-            img = jpeg(img, int(rng.integers(15, 71)))
+            img = jpeg_at(img, int(rng.integers(15, 71)), rng.uniform(BASE_SIZE, max(BASE_SIZE, *img.shape[:2])))
     if rng.random() < prob:
         gamma = float(np.exp(rng.uniform(np.log(0.55), np.log(2.0))))
         img = tone(img, rng.uniform(-50, 50), rng.uniform(0.5, 1.3), gamma)
