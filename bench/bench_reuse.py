@@ -111,6 +111,8 @@ def main() -> None:
     ap.add_argument("--change", type=float, default=None)
     ap.add_argument("--classify-detected", action=argparse.BooleanOptionalAction, default=None,
                     help="detect every frame in which a face is classified again (default: the setting)")  # fmt: skip
+    ap.add_argument("--confirm-changes", action=argparse.BooleanOptionalAction, default=None,
+                    help="detect when a followed face's label changes (default: the setting)")  # fmt: skip
     args = ap.parse_args()
     s = get_settings()
     policy = StreamSettings(  # what a stream's `config` message would set, over the server's settings
@@ -118,6 +120,7 @@ def main() -> None:
         reclassify_every=args.reclassify_every,
         reuse_change=args.change,
         classify_detected=args.classify_detected,
+        confirm_changes=args.confirm_changes,
     ).policy(s)
     pipe = Pipeline.load(s)
 

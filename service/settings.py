@@ -142,6 +142,18 @@ class Settings(BaseSettings):
         description="With reuse: detect every frame in which a face is classified again, so the crops classified"
         " are those a full analysis makes (with EMOSERVE_WS_REUSE_CHANGE=6: closer agreement, more work per frame).",
     )
+    ws_confirm_changes: bool = Field(
+        False,
+        description="With reuse: when a face classified on followed landmarks changes its label, detect the frame"
+        " and classify the detected crop instead (the label a full analysis gives; work only where labels change).",
+    )
+    ws_follow_min_size: float = Field(
+        0.0,
+        ge=0.0,
+        le=10_000.0,
+        description="With reuse: faces smaller than this (px, short side) are detected again on every frame instead"
+        " of followed by optical flow (0 = follow every face).",
+    )
     ws_reuse_margin: float = Field(
         0.3,
         ge=0.0,

@@ -141,3 +141,34 @@ def test_cancelled_caller_is_skipped() -> None:
 
     asyncio.run(main())
     assert seen == [2]
+
+
+def test_a_lone_item_runs_at_once_and_an_announced_one_is_waited_for() -> None:
+    """The batch waits `max_delay_ms` only for items that callers have announced (`coming`: their faces are still
+    being found), so a lone request pays no batching delay; an announced item joins the batch that is waiting."""
+    batches: list[list[int]] = []
+
+    def record(items: list[int]) -> list[int]:
+        batches.append(list(items))
+        return items
+
+    async def main() -> float:
+        b = DynamicBatcher(record, max_batch=8, max_delay_ms=10_000)
+        start = time.perf_counter()
+        assert await b.submit(1) == 1  # nobody else coming: no 10 s wait
+        lone = time.perf_counter() - start
+
+        async def announced() -> int:
+            with b.coming():
+                await asyncio.sleep(0.2)  # finding the faces while item 2 waits for a batch
+            return await b.submit(3)
+
+        later = asyncio.create_task(announced())
+        await asyncio.sleep(0)  # it has announced its item
+        assert await b.submit(2) == 2
+        assert await later == 3
+        await b.aclose()
+        return lone
+
+    assert asyncio.run(main()) < 5.0
+    assert batches == [[1], [2, 3]]

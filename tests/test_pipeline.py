@@ -293,6 +293,67 @@ def test_stream_reuse_classifies_only_detected_crops(
     assert [d for _, d in seen] == (classified if classify_detected else by_count)
 
 
+def _textured() -> np.ndarray:
+    """A frame optical flow can follow (blurred noise)."""
+    noise = np.random.default_rng(1).integers(140, 220, (240, 320, 3)).astype(np.uint8)
+    return np.asarray(cv2.GaussianBlur(noise, (0, 0), 1), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("confirm", [True, False])
+def test_stream_reuse_confirms_a_changed_label_on_the_detected_crop(tiny_pipeline: Pipeline, confirm: bool) -> None:
+    """With `confirm_changes`, a face followed into a frame whose crop gets another label than the face had is
+    detected again in that frame and its detected crop classified: a label change never rests on followed
+    landmarks. Without it, the frame is followed. (The stream is told its face was last labelled otherwise.)"""
+    from service.pipeline.stream_reuse import ReusePolicy, StreamState
+
+    policy = ReusePolicy(detect_every=10, reclassify_every=100, max_age_ms=1e9, margin=0.0, change=0.0,
+                         confirm_changes=confirm)  # fmt: skip
+    frame = _textured()
+
+    async def main() -> tuple[list[bool], list[str]]:
+        state, detected, labels = StreamState(), [], []
+        try:
+            for i in range(4):
+                if i == 2:  # as if the face had shown another emotion until now
+                    probs = state.faces[0].probs
+                    assert probs is not None
+                    state.faces[0].probs = np.roll(probs, 1)
+                result, how = await tiny_pipeline.analyze_stream(frame, None, state, policy)
+                assert how[0].classified
+                detected.append(state.since_detect == 0)
+                labels.append(result.faces[0].emotion.label)
+            return detected, labels
+        finally:
+            await tiny_pipeline.aclose()
+
+    detected, labels = asyncio.run(main())
+    assert detected == [True, False, confirm, False]
+    assert len(set(labels)) == 1
+
+
+def test_stream_reuse_detects_faces_too_small_to_follow(tiny_pipeline: Pipeline) -> None:
+    """`follow_min_size`: optical flow loses small faces, so a stream with one detects every frame instead (the
+    test detector's face is 160 px wide)."""
+    from service.pipeline.stream_reuse import ReusePolicy, StreamState
+
+    async def detections(min_size: float) -> list[bool]:
+        policy = ReusePolicy(detect_every=10, max_age_ms=1e9, margin=0.0, follow_min_size=min_size)
+        state, seen = StreamState(), []
+        for _ in range(4):
+            await tiny_pipeline.analyze_stream(_textured(), None, state, policy)
+            seen.append(state.since_detect == 0)
+        assert (state.grey is None) == (min_size > 160)  # no frame copy kept for flow that will not run
+        return seen
+
+    async def main() -> tuple[list[bool], list[bool]]:
+        try:
+            return await detections(100.0), await detections(200.0)
+        finally:
+            await tiny_pipeline.aclose()
+
+    assert asyncio.run(main()) == ([True, False, False, False], [True] * 4)
+
+
 @pytest.mark.shared
 def test_stream_reuse_agrees_with_full_analysis_on_woman2() -> None:
     """The quality guard on real video (issue: reuse agrees with full per-frame analysis on >= 97% of

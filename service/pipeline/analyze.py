@@ -34,7 +34,9 @@ from service.pipeline.stream_reuse import (
     StreamState,
     TrackedFace,
     follow,
+    followable,
     grey_for_flow,
+    label_changed,
     match_previous,
     needs_classifying,
     stale,
@@ -209,7 +211,8 @@ class Pipeline:
         """Analyze encoded image bytes or a BGR uint8 array. Decode/detect/align run in a thread."""
         t0 = time.perf_counter()
         opts = self.check(parse_options(options))
-        prep = await asyncio.to_thread(self._prepare, image, opts)
+        with self.classifier.batcher.coming():  # a batch forming now waits for these faces
+            prep = await asyncio.to_thread(self._prepare, image, opts)
         timed = await self.classifier.classify(prep.batch)
         return self._result(prep, timed.result, opts, timed.queue_s, timed.run_s, t0)
 
@@ -227,8 +230,21 @@ class Pipeline:
         if state.owner is not self:  # probabilities of another classifier are not reused
             state.reset()
             state.owner = self
-        prep, fresh, before = await asyncio.to_thread(self._prepare_stream, image, opts, state, policy)
+        with self.classifier.batcher.coming():
+            dec = await asyncio.to_thread(self._decode, image)
+            decode_s = time.perf_counter() - t0
+            prep, fresh, before, followed = await asyncio.to_thread(self._prepare_stream, dec, opts, state, policy)
         timed = await self.classifier.classify(prep.batch)
+        queue_s, run_s = timed.queue_s, timed.run_s
+        if followed and policy.confirm_changes and label_changed(fresh, before, timed.result.probs):
+            # an emotion changed on a crop aligned on followed landmarks: confirm it on the detected crop
+            first = prep
+            with self.classifier.batcher.coming():
+                prep, fresh, before, _ = await asyncio.to_thread(self._prepare_stream, dec, opts, state, policy, True)
+            timed = await self.classifier.classify(prep.batch)
+            queue_s, run_s = queue_s + timed.queue_s, run_s + timed.run_s
+            prep.detect_s, prep.align_s = prep.detect_s + first.detect_s, prep.align_s + first.align_s
+        prep.decode_s = decode_s
         now = time.perf_counter()
         probs = np.zeros((len(prep.faces), len(self.classifier.labels)))
         new_cams = timed.result.cams
@@ -250,16 +266,18 @@ class Pipeline:
         state.faces = tracked
         wanted = opts.explain and cams and all(c is not None for c in cams)
         maps = np.stack(cams) if wanted else None  # type: ignore[arg-type]
-        return self._result(prep, Scores(probs, maps), opts, timed.queue_s, timed.run_s, t0), reuse
+        return self._result(prep, Scores(probs, maps), opts, queue_s, run_s, t0), reuse
 
     def _prepare_stream(
-        self, image: ImageInput, opts: AnalyzeOptions, state: StreamState, policy: ReusePolicy
-    ) -> tuple[_Prepared, list[np.ndarray | None], list[TrackedFace | None]]:
-        """Decode, detect or follow, align; the thumbnails of the faces to classify (None: reused)."""
-        t0 = time.perf_counter()
-        bgr, decoded, size = self._decode(image)
-        t1 = time.perf_counter()
-        due = not state.faces or state.since_detect + 1 >= policy.detect_every
+        self, dec: Decoded, opts: AnalyzeOptions, state: StreamState, policy: ReusePolicy, detect: bool = False
+    ) -> tuple[_Prepared, list[np.ndarray | None], list[TrackedFace | None], bool]:
+        """Detect (always with `detect`) or follow, align; the thumbnails of the faces to classify (None: reused),
+        the faces they continue, and whether the faces were followed rather than detected."""
+        t0 = t1 = time.perf_counter()
+        bgr, decoded, size = dec
+        due = detect or not state.faces or state.since_detect + 1 >= policy.detect_every
+        if not due:  # optical flow loses faces smaller than follow_min_size: detect them again
+            due = not all(followable(policy, t.face) for t in state.faces)
         if policy.classify_detected and not due:  # a face to classify whatever moved: detect, skip the flow
             now = time.perf_counter()
             due = any(stale(policy, t, now) for t in state.faces)
@@ -288,12 +306,13 @@ class Pipeline:
             align_s += time.perf_counter() - ta
         # a small grey copy of the frame (not the frame) for the next one to follow from, unless it is due
         may_follow = bool(faces) and state.since_detect + 1 < policy.detect_every
+        may_follow = may_follow and all(followable(policy, f) for f in faces)
         state.grey = (grey if grey is not None else grey_for_flow(bgr)[0]) if may_follow else None
         t2 = time.perf_counter()
         batch = self.classifier.preprocessor.normalize([c for c, f in zip(crops, fresh, strict=True) if f is not None])
         t3 = time.perf_counter()
         prep = _Prepared(size, faces, matrices, batch, t1 - t0, t2 - t1 - align_s, t3 - t2 + align_s)
-        return prep, fresh, before
+        return prep, fresh, before, state.since_detect > 0
 
     def _crops_to_classify(
         self, bgr: np.ndarray, decoded: float, faces: list[DetectedFace], before: list[TrackedFace | None],

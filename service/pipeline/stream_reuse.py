@@ -47,6 +47,8 @@ class ReusePolicy:
     change: float = 10.0
     margin: float = 0.3
     classify_detected: bool = False
+    confirm_changes: bool = False
+    follow_min_size: float = 0.0
 
 
 @dataclass
@@ -100,6 +102,12 @@ def _points(face: DetectedFace) -> np.ndarray:
     if face.landmarks is None:
         return np.vstack([corners, [[(x1 + x2) / 2, (y1 + y2) / 2]]]).astype(np.float32)
     return np.vstack([np.asarray(face.landmarks, np.float32).reshape(5, 2), corners])
+
+
+def followable(policy: ReusePolicy, face: DetectedFace) -> bool:
+    """Whether optical flow may follow `face`: its short side is at least `follow_min_size` px."""
+    x1, y1, x2, y2 = face.box
+    return min(x2 - x1, y2 - y1) >= policy.follow_min_size
 
 
 def follow(prev: np.ndarray, grey: np.ndarray, scale: float, faces: list[DetectedFace]) -> list[DetectedFace] | None:
@@ -176,6 +184,19 @@ def stale(policy: ReusePolicy, before: TrackedFace | None, now: float) -> bool:
     if before.age + 1 >= policy.reclassify_every or (now - before.classified_at) * 1000.0 >= policy.max_age_ms:
         return True
     return not clear(policy, before)
+
+
+def label_changed(fresh: list[np.ndarray | None], before: list[TrackedFace | None], probs: np.ndarray) -> bool:
+    """Whether a face classified now (`fresh`, in the order of `probs`' rows) continues a face whose label
+    was another one."""
+    k = 0
+    for thumb, prev in zip(fresh, before, strict=True):
+        if thumb is None:
+            continue
+        if prev is not None and prev.probs is not None and int(np.argmax(probs[k])) != int(np.argmax(prev.probs)):
+            return True
+        k += 1
+    return False
 
 
 def needs_classifying(policy: ReusePolicy, before: TrackedFace | None, thumb: np.ndarray, now: float) -> bool:

@@ -73,6 +73,7 @@ class StreamSettings(BaseModel):
     reclassify_every: int | None = None
     reuse_change: float | None = None
     classify_detected: bool | None = None
+    confirm_changes: bool | None = None
     explain: bool = False
 
     def merged(self, update: StreamConfig) -> StreamSettings:
@@ -93,4 +94,6 @@ class StreamSettings(BaseModel):
             change=s.ws_reuse_change if self.reuse_change is None else self.reuse_change,
             margin=s.ws_reuse_margin,
             classify_detected=s.ws_classify_detected if self.classify_detected is None else self.classify_detected,
+            confirm_changes=s.ws_confirm_changes if self.confirm_changes is None else self.confirm_changes,
+            follow_min_size=s.ws_follow_min_size,
         )

@@ -1,6 +1,7 @@
 """Dynamic batching in the style of Triton: callers submit items, one worker runs them in batches.
 
-The worker takes the first waiting item, then waits at most `max_delay_ms` for more until the batch
+The worker takes the first waiting item, then, while other callers have announced an item (`coming`:
+an image whose faces are still being found), waits at most `max_delay_ms` for more until the batch
 holds `max_batch` units (an item counts `size_of(item)` units, e.g. its number of faces), runs one
 batched call in a thread and hands every caller exactly its own result. An item bigger than
 `max_batch` is cut into chunks of at most `max_batch` units by `split` and their results put back
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -79,6 +81,7 @@ class DynamicBatcher(Generic[T, R]):
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
+        self._coming = 0  # callers that will submit an item soon (`coming`)
         # metrics: read these or subscribe to `observers`
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=1024)  # units per batch
         self.batches_run = 0
@@ -101,6 +104,18 @@ class DynamicBatcher(Generic[T, R]):
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"{self.name}-worker")
         return self._wakeup
+
+    @contextlib.contextmanager
+    def coming(self) -> Iterator[None]:
+        """Announce an item for the time of the block (its preparation): a batch waits for announced items,
+        and only for them, up to `max_delay_ms`. Submit right after the block, with no await in between."""
+        self._coming += 1
+        try:
+            yield
+        finally:
+            self._coming -= 1
+            if self._wakeup is not None:
+                self._wakeup.set()
 
     async def submit(self, item: T) -> R:
         """The result of `item`; raises `Overloaded` when the queue is full, the batch's error if it failed."""
@@ -167,7 +182,7 @@ class DynamicBatcher(Generic[T, R]):
                 await wakeup.wait()
                 continue
             deadline = loop.time() + self.max_delay_s
-            while not self._closed and self._pending_units() < self.max_batch:
+            while not self._closed and self._coming > 0 and self._pending_units() < self.max_batch:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break

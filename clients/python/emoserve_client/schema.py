@@ -157,6 +157,11 @@ class StreamConfig(_In):
         description="Detect every frame in which a face is classified again (with reuse_change 6: streams"
         " that agree with still-image analysis, at more work per frame).",
     )
+    confirm_changes: bool | None = Field(
+        None,
+        description="When a face classified on followed landmarks changes its label, detect the frame and"
+        " classify the detected crop instead (default: EMOSERVE_WS_CONFIRM_CHANGES).",
+    )
     explain: bool | None = Field(None, description="A heat map per face (`explanation`), as REST's explain=true.")
 
 
