@@ -55,7 +55,9 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads (0 = cores / workers).")
     session_concurrency: int = Field(2, ge=1, le=64, description="Concurrent runs allowed per inference session.")
     max_batch: int = Field(32, ge=1, le=1024, description="Dynamic batching: most faces per classifier batch.")
-    max_delay_ms: float = Field(2.0, ge=0.0, le=1000.0, description="Dynamic batching: longest wait to fill a batch.")
+    max_delay_ms: float = Field(
+        2.0, ge=0.0, le=1000.0, description="Dynamic batching: longest wait for faces of images in preparation."
+    )
     queue_size: int = Field(512, ge=1, le=100_000, description="Items waiting per batcher before `Overloaded`.")
 
     # -- pipeline ------------------------------------------------------------------------------
