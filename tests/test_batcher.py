@@ -172,3 +172,28 @@ def test_a_lone_item_runs_at_once_and_an_announced_one_is_waited_for() -> None:
 
     assert asyncio.run(main()) < 5.0
     assert batches == [[1], [2, 3]]
+
+
+def test_an_announced_item_that_never_comes_does_not_hold_the_batch() -> None:
+    """A caller whose preparation fails (or is cancelled) withdraws its announcement, and the waiting batch runs
+    at once instead of waiting out `max_delay_ms`."""
+
+    async def main() -> float:
+        b = DynamicBatcher(lambda items: items, max_batch=8, max_delay_ms=10_000)
+
+        async def failing() -> None:
+            with b.coming():
+                await asyncio.sleep(0.2)
+                raise ValueError("not an image")
+
+        doomed = asyncio.create_task(failing())
+        await asyncio.sleep(0)
+        start = time.perf_counter()
+        assert await b.submit(1) == 1
+        waited = time.perf_counter() - start
+        with pytest.raises(ValueError):
+            await doomed
+        await b.aclose()
+        return waited
+
+    assert asyncio.run(main()) < 5.0

@@ -176,6 +176,12 @@ def test_a_stream_sets_its_own_reuse_change_and_classify_detected(server: Server
     policy = StreamSettings().merged(StreamConfig(reuse_change=6, classify_detected=True)).policy(Settings())
     assert (policy.change, policy.classify_detected) == (6.0, True)
     assert StreamSettings().policy(Settings()).classify_detected is Settings().ws_classify_detected
+    mine = StreamSettings().merged(StreamConfig(confirm_changes=True)).policy(Settings(ws_follow_min_size=48))
+    assert (mine.confirm_changes, mine.follow_min_size) == (True, 48.0)
+    server_side = StreamSettings().policy(Settings(ws_confirm_changes=True))
+    assert server_side.confirm_changes is True
+    assert StreamSettings().merged(StreamConfig(confirm_changes=False)).policy(Settings(ws_confirm_changes=True)) \
+        .confirm_changes is False  # fmt: skip
 
 
 def test_track_false_gives_null_ids_and_raw_scores(server: Server) -> None:

@@ -231,20 +231,20 @@ class Pipeline:
             state.reset()
             state.owner = self
         with self.classifier.batcher.coming():
-            dec = await asyncio.to_thread(self._decode, image)
-            decode_s = time.perf_counter() - t0
-            prep, fresh, before, followed = await asyncio.to_thread(self._prepare_stream, dec, opts, state, policy)
+            prep, fresh, before, dec = await asyncio.to_thread(self._prepare_stream, image, opts, state, policy)
+        if not policy.confirm_changes:
+            dec = None  # the frame is not held while its faces wait for the classifier
         timed = await self.classifier.classify(prep.batch)
         queue_s, run_s = timed.queue_s, timed.run_s
-        if followed and policy.confirm_changes and label_changed(fresh, before, timed.result.probs):
-            # an emotion changed on a crop aligned on followed landmarks: confirm it on the detected crop
+        if dec is not None and state.since_detect > 0 and label_changed(fresh, before, timed.result.probs):
+            # an emotion changed on a crop aligned on followed landmarks: detect, classify the detected crops
             first = prep
             with self.classifier.batcher.coming():
-                prep, fresh, before, _ = await asyncio.to_thread(self._prepare_stream, dec, opts, state, policy, True)
+                prep, fresh, before, _ = await asyncio.to_thread(self._prepare_stream, dec, opts, state, policy)
             timed = await self.classifier.classify(prep.batch)
             queue_s, run_s = queue_s + timed.queue_s, run_s + timed.run_s
+            prep.decode_s = first.decode_s
             prep.detect_s, prep.align_s = prep.detect_s + first.detect_s, prep.align_s + first.align_s
-        prep.decode_s = decode_s
         now = time.perf_counter()
         probs = np.zeros((len(prep.faces), len(self.classifier.labels)))
         new_cams = timed.result.cams
@@ -269,13 +269,17 @@ class Pipeline:
         return self._result(prep, Scores(probs, maps), opts, queue_s, run_s, t0), reuse
 
     def _prepare_stream(
-        self, dec: Decoded, opts: AnalyzeOptions, state: StreamState, policy: ReusePolicy, detect: bool = False
-    ) -> tuple[_Prepared, list[np.ndarray | None], list[TrackedFace | None], bool]:
-        """Detect (always with `detect`) or follow, align; the thumbnails of the faces to classify (None: reused),
-        the faces they continue, and whether the faces were followed rather than detected."""
-        t0 = t1 = time.perf_counter()
+        self, image: ImageInput | Decoded, opts: AnalyzeOptions, state: StreamState, policy: ReusePolicy
+    ) -> tuple[_Prepared, list[np.ndarray | None], list[TrackedFace | None], Decoded]:
+        """Decode, detect or follow, align: the thumbnails of the faces to classify (None: reused), the faces
+        they continue, and the decoded frame. A frame given decoded (`Decoded`, the confirmation of a label
+        change) is detected, and each of its faces classified."""
+        t0 = time.perf_counter()
+        confirming = isinstance(image, Decoded)
+        dec = image if isinstance(image, Decoded) else self._decode(image)
         bgr, decoded, size = dec
-        due = detect or not state.faces or state.since_detect + 1 >= policy.detect_every
+        t1 = time.perf_counter()
+        due = confirming or not state.faces or state.since_detect + 1 >= policy.detect_every
         if not due:  # optical flow loses faces smaller than follow_min_size: detect them again
             due = not all(followable(policy, t.face) for t in state.faces)
         if policy.classify_detected and not due:  # a face to classify whatever moved: detect, skip the flow
@@ -302,7 +306,7 @@ class Pipeline:
             faces, state.since_detect = self._detect(bgr, opts, decoded), 0
             before = match_previous(state, faces)
             ta = time.perf_counter()
-            matrices, crops, fresh = self._crops_to_classify(bgr, decoded, faces, before, policy)
+            matrices, crops, fresh = self._crops_to_classify(bgr, decoded, faces, before, policy, confirming)
             align_s += time.perf_counter() - ta
         # a small grey copy of the frame (not the frame) for the next one to follow from, unless it is due
         may_follow = bool(faces) and state.since_detect + 1 < policy.detect_every
@@ -312,19 +316,20 @@ class Pipeline:
         batch = self.classifier.preprocessor.normalize([c for c, f in zip(crops, fresh, strict=True) if f is not None])
         t3 = time.perf_counter()
         prep = _Prepared(size, faces, matrices, batch, t1 - t0, t2 - t1 - align_s, t3 - t2 + align_s)
-        return prep, fresh, before, state.since_detect > 0
+        return prep, fresh, before, dec
 
     def _crops_to_classify(
         self, bgr: np.ndarray, decoded: float, faces: list[DetectedFace], before: list[TrackedFace | None],
-        policy: ReusePolicy,
+        policy: ReusePolicy, every: bool = False,
     ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray | None]]:  # fmt: skip
-        """The faces' alignment matrices and crops, and the thumbnails of those to classify (None: reused)."""
+        """The faces' alignment matrices and crops, and the thumbnails of those to classify (None: reused;
+        with `every`, none is)."""
         pre = self.classifier.preprocessor
         matrices = [pre.matrix(f.box, f.landmarks) for f in faces]
         crops = [pre.warp(bgr, on_decoded(m, decoded)) for m in matrices]
         now = time.perf_counter()
         fresh = [
-            t if needs_classifying(policy, b, t, now) else None
+            t if every or needs_classifying(policy, b, t, now) else None
             for t, b in zip(map(thumbnail, crops), before, strict=True)
         ]
         return matrices, crops, fresh

@@ -8,7 +8,11 @@ Per processed frame:
   In between, each face's five landmarks and box corners are followed with pyramidal Lucas-Kanade
   optical flow (OpenCV) on grey copies of the frames at most `FLOW_SIDE` px wide (a stream keeps one,
   only when the next frame may follow its faces); a point lost, or one whose backward flow misses its start by more
-  than `FLOW_MAX_ERROR_PX`, hands the frame to the detector.
+  than `FLOW_MAX_ERROR_PX`, hands the frame to the detector. A face smaller than `follow_min_size` px is
+  not followed: its frame is detected (flow at `FLOW_SIDE` sees a 20 px face of a 1080p frame as 7 px).
+- **Confirmation** (`confirm_changes`): when a followed face, classified again, gets another label than
+  it had, the frame is detected and its detected crops classified instead, so a label change never
+  rests on followed landmarks, and the detector runs only where labels change.
 - **Classification** of a face is skipped when it continues a face of the previous frame (followed,
   or matched by IoU after a detection), its emotion is younger than `reclassify_every` frames and
   `max_age_ms`, it was clear (top probability ahead of the second by at least `margin`: a face near

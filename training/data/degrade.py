@@ -63,8 +63,8 @@ def tone(img: np.ndarray, brightness: float = 0.0, contrast: float = 1.0, gamma:
 
 
 def random_degrade(img: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
-    """With probability `prob`, one loss of detail (downscale to 16-40 px, blur of sigma 0.4-1.6 or a JPEG
-    round trip at quality 15-70, at 48 px; the JPEG's face is 48 px to the image's side wide, since a training
+    """With probability `prob`, one loss of detail (downscale to 16-40 px or blur of sigma 0.4-1.6, both at 48
+    px, or a JPEG round trip at quality 15-70 with the face 48 px to the image's side wide, since a training
     image upsampled from 48 px hides the 8x8 blocks that compress a 48 px face), and independently with
     probability `prob` a random tone (brightness +-50, contrast 0.5-1.3, gamma 0.55-2.0): the conditions a
     service's crops meet and FER's images rarely show. The strengths bracket the robustness suite's."""
