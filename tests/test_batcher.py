@@ -179,7 +179,7 @@ def test_an_announced_item_that_never_comes_does_not_hold_the_batch() -> None:
     at once instead of waiting out `max_delay_ms`."""
 
     async def main() -> float:
-        b = DynamicBatcher(lambda items: items, max_batch=8, max_delay_ms=10_000)
+        b: DynamicBatcher[int, int] = DynamicBatcher(lambda items: items, max_batch=8, max_delay_ms=10_000)
 
         async def failing() -> None:
             with b.coming():

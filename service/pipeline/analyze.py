@@ -231,9 +231,10 @@ class Pipeline:
             state.reset()
             state.owner = self
         with self.classifier.batcher.coming():
-            prep, fresh, before, dec = await asyncio.to_thread(self._prepare_stream, image, opts, state, policy)
-        if not policy.confirm_changes:
-            dec = None  # the frame is not held while its faces wait for the classifier
+            prep, fresh, before, decoded = await asyncio.to_thread(self._prepare_stream, image, opts, state, policy)
+        # the frame is held while its faces wait for the classifier only when a label change may need it
+        dec = decoded if policy.confirm_changes else None
+        del decoded
         timed = await self.classifier.classify(prep.batch)
         queue_s, run_s = timed.queue_s, timed.run_s
         if dec is not None and state.since_detect > 0 and label_changed(fresh, before, timed.result.probs):
