@@ -40,6 +40,25 @@ def test_flip_tta_is_mirror_invariant() -> None:
         assert torch.allclose(net(x), net(torch.flip(x, dims=[3])), atol=1e-5)
 
 
+def test_a_local_export_never_shadows_a_shipped_version(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """A model exported into the local root under a shipped model's name gets the version after the shipped
+    ones: it once took `@4` beside the shipped `emotion-ferplus8@4`, and the shipped production alias (4) then
+    served the local export."""
+    run, data = trained
+    shipped = tmp_path / "shipped"
+    E.publish_shipped(run, data, "emotion-shared", shipped_root=shipped, log=lambda s: None)  # shipped @1
+    m = E.publish_run(run, data, "emotion-shared", tmp_path / "store", alias="candidate", shipped=shipped,
+                      log=lambda s: None)  # fmt: skip
+    store = ModelStore(tmp_path / "store", shipped=shipped)
+    assert m.version == 2
+    assert store.get("emotion-shared@production").layer == "shipped"
+    assert store.get("emotion-shared@production").manifest.version == 1
+    assert store.get("emotion-shared@candidate").manifest.version == 2
+    import inspect
+
+    assert inspect.signature(E.publish_run).parameters["shipped"].default == E.SHIPPED_ROOT  # what the CLI gets
+
+
 def test_export_parity_and_tamper_detection(trained: tuple[Path, Path], tmp_path: Path) -> None:
     from training.checkpoints import load_checkpoint
 

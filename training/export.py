@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from model_store.manifest import INT8_FILE
+from model_store.store import SHIPPED_ROOT
 from training.models.cam import CAM_OUTPUT, CamNet, supports_cam
 from training.models.ensemble import FlipTTA
 from training.onnx_run import ort_run
@@ -234,11 +235,15 @@ def load_member(source: Path | str, head: str | None = None) -> Member:
 def publish_run(
     run_dir: Path | str | Sequence[Path | str], data_dir: Path | None, name: str | None, store_root: Path,
     alias: str | None = "production",
-    shipped: Path | None = None, int8: bool = False, int8_max_drop: float = 0.003, description: str | None = None,
+    shipped: Path | None = SHIPPED_ROOT, int8: bool = False, int8_max_drop: float = 0.003,
+    description: str | None = None,
     licence: str = "research-only (FER2013 images); FER+ labels MIT", log: Any = print, head: str | None = None,
     prior_correction: float = 0.0,
 ) -> Any:  # fmt: skip
     """Export `run_dir/best.pt`, check parity, compute validation metrics with onnxruntime and publish.
+
+    The version is numbered after those of `store_root` and of the `shipped` layer beneath it (the package's),
+    so a version published locally never shadows a shipped one of the same number.
 
     `run_dir` may also be `NAME@ALIAS` of a model this job published (see `load_member`). With several
     sources the published model is their ensemble (`LogitMean`, mean of the logits): they must share
@@ -373,11 +378,9 @@ def publish_shipped(run_dir: Path | str | Sequence[Path | str], data_dir: Path |
                     **kw: Any) -> Any:  # fmt: skip
     """Publish into the read-only layer committed with the package (`model_store/shipped/<name>/<version>/`).
 
-    The alias file is written clean, `{"aliases": {alias: version}, "history": []}`, as shipped models carry
-    no alias history.
+    `alias` moves to the new version through `ship_alias` (the move joins the alias history, so a fresh
+    install can roll back).
     """
-    from model_store.store import SHIPPED_ROOT
-
     root = Path(shipped_root or SHIPPED_ROOT)
     manifest = publish_run(run_dir, data_dir, name, root, alias=None, shipped=None, log=log, **kw)
     ship_alias(root, manifest.name, alias, manifest.version)
