@@ -28,11 +28,11 @@ sys.path.insert(0, str(REPO))
 from model_store import ModelStore  # noqa: E402
 from model_store.storage import LocalStorage  # noqa: E402
 
-DEFAULT_MODELS = [  # version 4 is 3 re-exported with a `cam` output; -fast@3 is one MobileNetV2 (float and int8)
+DEFAULT_MODELS = [  # version 4 is 3 re-exported with a `cam` output; -fast@3/@4: one MobileNetV2 at 96/128 px
     "emotion-ferplus8@3",
     "emotion-ferplus8@4",
-    "emotion-ferplus8-fast@2",
     "emotion-ferplus8-fast@3",
+    "emotion-ferplus8-fast@4",
     "emotion-fer7@4",
 ]
 
