@@ -150,11 +150,11 @@ class Settings(BaseSettings):
         " and classify the detected crop instead (the label a full analysis gives; work only where labels change).",
     )
     ws_follow_min_size: float = Field(
-        0.0,
+        20.0,
         ge=0.0,
         le=10_000.0,
-        description="With reuse: faces smaller than this (px, short side) are detected again on every frame instead"
-        " of followed by optical flow (0 = follow every face).",
+        description="With reuse: faces whose short side is under this many px in the grey copy optical flow runs"
+        " on (the frame at most 640 px wide) are detected again on every frame instead of followed (0 = follow all).",
     )
     ws_reuse_margin: float = Field(
         0.3,

@@ -332,26 +332,31 @@ def test_stream_reuse_confirms_a_changed_label_on_the_detected_crop(tiny_pipelin
 
 
 def test_stream_reuse_detects_faces_too_small_to_follow(tiny_pipeline: Pipeline) -> None:
-    """`follow_min_size`: optical flow loses small faces, so a stream with one detects every frame instead (the
-    test detector's face is 160 px wide)."""
+    """`follow_min_size`: optical flow loses small faces, so a stream with one detects every frame instead. The
+    size counts in the grey copy flow runs on (at most 640 px wide): the test detector's face is half the
+    frame's short side, 120 px of a 320x240 frame and 480 px of a 1280x960 one, 120 and 240 px in the copy."""
     from service.pipeline.stream_reuse import ReusePolicy, StreamState
 
-    async def detections(min_size: float) -> list[bool]:
+    small, large = _textured(), cv2.resize(_textured(), (1280, 960), interpolation=cv2.INTER_LINEAR)
+
+    async def detections(frame: np.ndarray, min_size: float) -> list[bool]:
         policy = ReusePolicy(detect_every=10, max_age_ms=1e9, margin=0.0, follow_min_size=min_size)
         state, seen = StreamState(), []
         for _ in range(4):
-            await tiny_pipeline.analyze_stream(_textured(), None, state, policy)
+            await tiny_pipeline.analyze_stream(frame, None, state, policy)
             seen.append(state.since_detect == 0)
-        assert (state.grey is None) == (min_size > 160)  # no frame copy kept for flow that will not run
+        assert (state.grey is None) == all(seen)  # no frame copy kept for flow that will not run
         return seen
 
-    async def main() -> tuple[list[bool], list[bool]]:
+    async def main() -> list[list[bool]]:
         try:
-            return await detections(100.0), await detections(200.0)
+            return [await detections(f, m) for f, m in ((small, 100.0), (small, 200.0), (large, 200.0),
+                                                        (large, 300.0))]  # fmt: skip
         finally:
             await tiny_pipeline.aclose()
 
-    assert asyncio.run(main()) == ([True, False, False, False], [True] * 4)
+    followed, detected = [True, False, False, False], [True] * 4
+    assert asyncio.run(main()) == [followed, detected, followed, detected]
 
 
 @pytest.mark.shared

@@ -33,6 +33,7 @@ from service.pipeline.stream_reuse import (
     ReusePolicy,
     StreamState,
     TrackedFace,
+    flow_scale,
     follow,
     followable,
     grey_for_flow,
@@ -280,9 +281,10 @@ class Pipeline:
         dec = image if isinstance(image, Decoded) else self._decode(image)
         bgr, decoded, size = dec
         t1 = time.perf_counter()
+        to_flow = flow_scale(*bgr.shape[:2]) * decoded  # full-image pixels -> the flow copy's
         due = confirming or not state.faces or state.since_detect + 1 >= policy.detect_every
         if not due:  # optical flow loses faces smaller than follow_min_size: detect them again
-            due = not all(followable(policy, t.face) for t in state.faces)
+            due = not all(followable(policy, t.face, to_flow) for t in state.faces)
         if policy.classify_detected and not due:  # a face to classify whatever moved: detect, skip the flow
             now = time.perf_counter()
             due = any(stale(policy, t, now) for t in state.faces)
@@ -311,7 +313,7 @@ class Pipeline:
             align_s += time.perf_counter() - ta
         # a small grey copy of the frame (not the frame) for the next one to follow from, unless it is due
         may_follow = bool(faces) and state.since_detect + 1 < policy.detect_every
-        may_follow = may_follow and all(followable(policy, f) for f in faces)
+        may_follow = may_follow and all(followable(policy, f, to_flow) for f in faces)
         state.grey = (grey if grey is not None else grey_for_flow(bgr)[0]) if may_follow else None
         t2 = time.perf_counter()
         batch = self.classifier.preprocessor.normalize([c for c, f in zip(crops, fresh, strict=True) if f is not None])

@@ -8,8 +8,9 @@ Per processed frame:
   In between, each face's five landmarks and box corners are followed with pyramidal Lucas-Kanade
   optical flow (OpenCV) on grey copies of the frames at most `FLOW_SIDE` px wide (a stream keeps one,
   only when the next frame may follow its faces); a point lost, or one whose backward flow misses its start by more
-  than `FLOW_MAX_ERROR_PX`, hands the frame to the detector. A face smaller than `follow_min_size` px is
-  not followed: its frame is detected (flow at `FLOW_SIDE` sees a 20 px face of a 1080p frame as 7 px).
+  than `FLOW_MAX_ERROR_PX`, hands the frame to the detector. A face whose short side is under
+  `follow_min_size` px in that grey copy is not followed: its frame is detected (a 20 px face of a 1080p
+  frame is 7 px there, too few for flow to hold its box to the detector's).
 - **Confirmation** (`confirm_changes`): when a followed face, classified again, gets another label than
   it had, the frame is detected and its detected crops classified instead, so a label change never
   rests on followed landmarks, and the detector runs only where labels change.
@@ -52,7 +53,7 @@ class ReusePolicy:
     margin: float = 0.3
     classify_detected: bool = False
     confirm_changes: bool = False
-    follow_min_size: float = 0.0
+    follow_min_size: float = 20.0
 
 
 @dataclass
@@ -93,7 +94,7 @@ def grey_for_flow(bgr: np.ndarray) -> tuple[np.ndarray, float]:
     import cv2
 
     h, w = bgr.shape[:2]
-    scale = min(1.0, FLOW_SIDE / max(h, w))
+    scale = flow_scale(h, w)
     grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)  # first: one channel to resize, not three
     return (
         grey if scale == 1.0 else cv2.resize(grey, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
@@ -108,10 +109,16 @@ def _points(face: DetectedFace) -> np.ndarray:
     return np.vstack([np.asarray(face.landmarks, np.float32).reshape(5, 2), corners])
 
 
-def followable(policy: ReusePolicy, face: DetectedFace) -> bool:
-    """Whether optical flow may follow `face`: its short side is at least `follow_min_size` px."""
+def flow_scale(height: int, width: int) -> float:
+    """The scale of the grey copy optical flow runs on (`grey_for_flow`) against an image of this size."""
+    return min(1.0, FLOW_SIDE / max(height, width))
+
+
+def followable(policy: ReusePolicy, face: DetectedFace, scale: float) -> bool:
+    """Whether optical flow may follow `face` (in pixels that `scale` maps to the flow copy's): its short
+    side there is at least `follow_min_size` px."""
     x1, y1, x2, y2 = face.box
-    return min(x2 - x1, y2 - y1) >= policy.follow_min_size
+    return min(x2 - x1, y2 - y1) * scale >= policy.follow_min_size
 
 
 def follow(prev: np.ndarray, grey: np.ndarray, scale: float, faces: list[DetectedFace]) -> list[DetectedFace] | None:
