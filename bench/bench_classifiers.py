@@ -34,6 +34,7 @@ DEFAULT_MODELS = [  # version 4 is 3 re-exported with a `cam` output; -fast@3/@4
     "emotion-ferplus8-fast@3",
     "emotion-ferplus8-fast@4",
     "emotion-fer7@4",
+    "emotion-fer7@5",
 ]
 
 
