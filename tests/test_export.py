@@ -584,9 +584,7 @@ def test_prior_correction_manifest_is_validated() -> None:
 
     from model_store import Manifest
 
-    base = json.loads(
-        (Path(__file__).parents[1] / "releases" / "emotion-fer7" / "4" / "manifest.json").read_text()
-    )
+    base = json.loads((Path(__file__).parents[1] / "releases" / "emotion-fer7" / "4" / "manifest.json").read_text())
     Manifest.model_validate({**base, "prior_correction": {"prior": [1 / 7] * 7, "strength": 0.5}})
     for bad in ({"prior": [1 / 6] * 6, "strength": 0.5}, {"prior": [0.0] + [1 / 6] * 6, "strength": 0.5},
                 {"prior": [1 / 7] * 7, "strength": 3.0}):  # fmt: skip
