@@ -154,7 +154,7 @@ class Settings(BaseSettings):
         ge=0.0,
         le=10_000.0,
         description="With reuse: faces whose short side is under this many px in the grey copy optical flow runs"
-        " on (the frame at most 640 px wide) are detected again on every frame instead of followed (0 = follow all).",
+        " on (longer side at most 640 px) are detected again on every frame instead of followed (0 = follow all).",
     )
     ws_reuse_margin: float = Field(
         0.3,
