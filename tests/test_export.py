@@ -57,6 +57,11 @@ def test_a_local_export_never_shadows_a_shipped_version(trained: tuple[Path, Pat
     import inspect
 
     assert inspect.signature(E.publish_run).parameters["shipped"].default == E.SHIPPED_ROOT  # what the CLI gets
+    # as `emoserve export` calls it (no `shipped`): numbered over the package's own shipped layer
+    packaged = ModelStore(tmp_path / "empty").versions("emotion-ferplus8")
+    local = E.publish_run(run, data, "emotion-ferplus8", tmp_path / "cli", alias="candidate", log=lambda s: None)
+    assert local.version == max(packaged) + 1
+    assert ModelStore(tmp_path / "cli").get("emotion-ferplus8@production").layer == "shipped"
 
 
 def test_export_parity_and_tamper_detection(trained: tuple[Path, Path], tmp_path: Path) -> None:

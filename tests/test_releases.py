@@ -98,7 +98,7 @@ def test_every_shipped_model_rolls_back_on_a_fresh_install(mirror: Path, tmp_pat
         assert r.returncode == 0, r.stdout + r.stderr
         assert ModelStore(tmp_path / "root").aliases(folder.name)["production"] == previous
         rolled.append(folder.name)
-    assert "emotion-ferplus8-fast" in rolled and "emotion-ferplus8" in rolled
+    assert {"emotion-ferplus8-fast", "emotion-ferplus8", "emotion-fer7"} <= set(rolled)
 
 
 def test_ship_alias_keeps_the_history(tmp_path: Path) -> None:

@@ -6,11 +6,11 @@ Per processed frame:
   following fails, and (with `classify_detected`) whenever a face is to be classified again: a classified
   crop is then the one full analysis makes from the same frame, not one aligned on followed landmarks.
   In between, each face's five landmarks and box corners are followed with pyramidal Lucas-Kanade
-  optical flow (OpenCV) on grey copies of the frames whose longer side is at most `FLOW_SIDE` px (a stream keeps one,
-  only when the next frame may follow its faces); a point lost, or one whose backward flow misses its start by more
-  than `FLOW_MAX_ERROR_PX`, hands the frame to the detector. A face whose short side is under
-  `follow_min_size` px in that grey copy is not followed: its frame is detected (a 20 px face of a 1080p
-  frame is 7 px there, too few for flow to hold its box to the detector's).
+  optical flow (OpenCV) on grey copies of the frames whose longer side is at most `FLOW_SIDE` px (a
+  stream keeps one, only when the next frame may follow its faces); a point lost, or one whose backward
+  flow misses its start by more than `FLOW_MAX_ERROR_PX`, hands the frame to the detector. A face whose
+  short side is under `follow_min_size` px in that grey copy is not followed: its frame is detected (a 20
+  px face of a 1080p frame is 7 px there, too few for flow to hold its box to the detector's).
 - **Confirmation** (`confirm_changes`): when a followed face, classified again, gets another label than
   it had, the frame is detected and its detected crops classified instead, so a label change never
   rests on followed landmarks, and the detector runs only where labels change.

@@ -7,6 +7,8 @@ relative to a 48 px side, so a 96 px training image is degraded as its 48 px ori
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 
@@ -32,23 +34,28 @@ def jpeg(img: np.ndarray, quality: int = 30) -> np.ndarray:
     return cv2.cvtColor(out, cv2.COLOR_BGR2RGB) if rgb else out
 
 
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+def _through(img: np.ndarray, k: float, least: int, inner: Transform | None = None) -> np.ndarray:
+    """`img` scaled by `k` (area averaging; each side at least `least` px), passed through `inner`, and scaled
+    back up bilinearly to its own size."""
+    h, w = img.shape[:2]
+    size = (max(least, round(w * k)), max(least, round(h * k)))
+    small = img if size == (w, h) else cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    small = small if inner is None else inner(small)
+    return small if size == (w, h) else cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 def jpeg_at(img: np.ndarray, quality: int, side: float) -> np.ndarray:
     """A JPEG round trip with the face at `side` px (resized there and back), so its 8x8 blocks cover as much
     of the face as they would in an image where the face is `side` px wide."""
-    h, w = img.shape[:2]
-    size = (max(8, round(w * side / max(h, w))), max(8, round(h * side / max(h, w))))
-    if size == (w, h):
-        return jpeg(img, quality)
-    small = jpeg(cv2.resize(img, size, interpolation=cv2.INTER_AREA), quality)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    return _through(img, side / max(img.shape[:2]), 8, lambda small: jpeg(small, quality))
 
 
 def downscale(img: np.ndarray, side: float = 24) -> np.ndarray:
     """Down to `side` px at 48 px (the same fraction of other sides), area averaging, and back up bilinearly."""
-    h, w = img.shape[:2]
-    small = cv2.resize(img, (max(1, round(w * side / BASE_SIZE)), max(1, round(h * side / BASE_SIZE))),
-                       interpolation=cv2.INTER_AREA)  # fmt: skip
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    return _through(img, side / BASE_SIZE, 1)
 
 
 def tone(img: np.ndarray, brightness: float = 0.0, contrast: float = 1.0, gamma: float = 1.0) -> np.ndarray:
