@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -384,6 +385,40 @@ def test_degrade_jpeg_compresses_a_face_as_small_as_its_48px_original(monkeypatc
     for _ in range(200):
         degrade.random_degrade(face, rng, 1.0)
     assert len(sides) > 30 and min(sides) >= 48 and max(sides) <= 96 and min(sides) < 60
+
+
+def test_degrade_weights_choose_the_loss_of_detail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`degrade_weights` are the odds of downscale, blur and JPEG; a zero never draws its kind, equal odds
+    (None) draw each about a third of the time."""
+    from training.config import TrainConfig
+    from training.data import degrade
+
+    kinds: list[str] = []
+
+    def recorder(name: str) -> Callable[..., np.ndarray]:
+        def record(img: np.ndarray, *args: object) -> np.ndarray:
+            kinds.append(name)
+            return img
+
+        return record
+
+    for name in ("downscale", "blur", "jpeg_at"):
+        monkeypatch.setattr(degrade, name, recorder(name))
+    face = np.full((48, 48), 128, np.uint8)
+    for weights, expect in (((0.0, 0.0, 1.0), {"jpeg_at"}), ((1.0, 1.0, 0.0), {"downscale", "blur"}), (None, None)):
+        kinds.clear()
+        rng = np.random.default_rng(0)
+        for _ in range(300):
+            degrade.random_degrade(face, rng, 1.0, weights)
+        assert len(kinds) == 300
+        if expect is not None:
+            assert set(kinds) == expect
+        else:
+            assert all(60 < kinds.count(k) < 140 for k in ("downscale", "blur", "jpeg_at")), kinds
+    with pytest.raises(ValueError, match="three odds"):
+        TrainConfig.from_dict({"degrade_weights": [1.0, 1.0]})
+    with pytest.raises(ValueError, match="three odds"):
+        TrainConfig.from_dict({"degrade_weights": [1.0, -1.0, 1.0]})
 
 
 def test_balanced_indices() -> None:

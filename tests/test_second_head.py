@@ -173,3 +173,26 @@ def test_shared_ferplus_faces_all_find_their_fer2013_label() -> None:
     assert has.all(), f"{int((~has).sum())} FER+ valid faces without a PublicTest match"
     agree = float((val.second.targets == val.targets).mean())  # the two conventions differ on a third of the faces
     assert 0.55 < agree < 0.8, agree
+
+
+def test_a_second_head_starts_fresh_over_a_published_graph(tmp_path: Path) -> None:
+    """A published graph has one head: a two-head run starts from it (main head mapped by label, the second head
+    fresh), where a .pt init_from still refuses a second head."""
+    from training.config import TrainConfig
+    from training.export import publish_run
+    from training.train import train_run
+
+    data = synthetic_faces(tmp_path / "data", per_class=150)
+    splits = _two_head_splits(data)
+    train_run(tiny_config(epochs=2), None, tmp_path / "src", log=lambda s: None, splits=splits)
+    m = publish_run(tmp_path / "src", data, "tiny-src", tmp_path / "store", shipped=None, log=lambda s: None)
+    source = tmp_path / "store" / "tiny-src" / str(m.version) / "model.onnx"
+    src_acc = m.metrics[next(iter(m.metrics))]["accuracy"]
+    logs: list[str] = []
+    cfg = tiny_config(epochs=1, lr=1e-7, second_head=0.5, init_from=str(source))  # barely moves: still the source
+    metrics = train_run(cfg, None, tmp_path / "ft", log=logs.append, splits=splits)
+    assert any("max |torch - onnx|" in line for line in logs), logs
+    assert src_acc >= 0.6 and metrics["val_accuracy"] == pytest.approx(src_acc, abs=0.05)
+    assert "second_head" in metrics  # the fresh second head was trained and scored beside the main one
+    with pytest.raises(ValueError, match=r"\.pt init_from"):
+        TrainConfig.from_dict({"second_head": 0.5, "init_from": "runs/x/best.pt"})

@@ -104,3 +104,14 @@ def test_motion_gating_refuses_far_or_resized_faces() -> None:
     t = IouTracker(TrackerConfig())
     t.update([(0.0, 0.0, 100.0, 100.0)])
     assert t.update([(30.0, 30.0, 70.0, 70.0)])[0].id == 2  # same place, 0.4 of the size: someone else
+
+
+def test_the_assignment_solver_is_loaded_with_the_pipeline_not_on_a_frame() -> None:
+    """`scipy.optimize` takes about half a second to import. Imported on a stream's first frame, that was half a
+    second during which the event loop (the tracker runs there) served nobody; it now loads with the pipeline."""
+    import subprocess
+    import sys
+
+    code = "import sys, service.pipeline.analyze; print('scipy.optimize' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr

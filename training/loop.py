@@ -150,7 +150,9 @@ def train_epoch(
     Returns (mean loss, accuracy of the first head against the argmax target). `step_fn()` runs after each step.
     """
     model.train()
-    aug = AugmentParams(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.hflip, cfg.erasing, cfg.degrade)
+    w = cfg.degrade_weights
+    weights = (float(w[0]), float(w[1]), float(w[2])) if w else None
+    aug = AugmentParams(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.hflip, cfg.erasing, cfg.degrade, weights)
     policy = "standard" if cfg.augment == "balanced" else cfg.augment
     num_classes = int(targets.shape[1]) if targets.ndim == 2 else int(targets.max()) + 1
     num_classes = max(num_classes, _out_features(model))

@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment  # at import: loading it takes ~0.5 s, never on a frame
 
 from service.pipeline.detectors import DetectedFace
 from service.pipeline.tracking import iou_matrix
@@ -162,8 +163,6 @@ def match_previous(state: StreamState, faces: list[DetectedFace]) -> list[Tracke
     """For each new face, the face of the last frame it continues (IoU >= 0.3, best first), or None."""
     if not state.faces or not faces:
         return [None] * len(faces)
-    from scipy.optimize import linear_sum_assignment
-
     iou = iou_matrix([f.box for f in faces], [t.face.box for t in state.faces])
     rows, cols = linear_sum_assignment(-iou)
     out: list[TrackedFace | None] = [None] * len(faces)

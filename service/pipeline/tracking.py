@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment  # at import: loading it takes ~0.5 s, never on a frame
 
 BoxT = tuple[float, float, float, float]
 _NO_MATCH = 1e6
@@ -123,8 +124,6 @@ class IouTracker:
 
     def update(self, boxes: Sequence[BoxT]) -> list[Track]:
         """Match this frame's boxes to the tracks; age and expire the unmatched tracks."""
-        from scipy.optimize import linear_sum_assignment
-
         assigned: list[Track | None] = [None] * len(boxes)
         matched_tracks: set[int] = set()
         if self.tracks and boxes:

@@ -29,6 +29,7 @@ class AugmentParams:
     hflip: float = 0.5  # probability
     erasing: float = 0.0  # random-erasing probability (on float batches)
     degrade: float = 0.0  # probability of a loss of detail and of a tone change (`degrade.random_degrade`)
+    degrade_weights: tuple[float, float, float] | None = None  # odds of downscale, blur, JPEG (None: equal)
 
 
 def random_affine(img: np.ndarray, rng: np.random.Generator, p: AugmentParams) -> np.ndarray:
@@ -53,7 +54,7 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator, policy: str, p: 
         raise ValueError(f"unknown augmentation {policy!r}; known: {', '.join(POLICIES)}")
     if policy == "none":
         return images
-    return np.stack([random_degrade(random_affine(im, rng, p), rng, p.degrade) for im in images])
+    return np.stack([random_degrade(random_affine(im, rng, p), rng, p.degrade, p.degrade_weights) for im in images])
 
 
 def balanced_indices(targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:

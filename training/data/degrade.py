@@ -69,16 +69,19 @@ def tone(img: np.ndarray, brightness: float = 0.0, contrast: float = 1.0, gamma:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
-def random_degrade(img: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
+def random_degrade(
+    img: np.ndarray, rng: np.random.Generator, prob: float, weights: tuple[float, float, float] | None = None
+) -> np.ndarray:
     """With probability `prob`, one loss of detail (downscale to 16-40 px or blur of sigma 0.4-1.6, both at 48
     px, or a JPEG round trip at quality 15-70 with the face 48 px to the image's side wide, since a training
     image upsampled from 48 px hides the 8x8 blocks that compress a 48 px face), and independently with
     probability `prob` a random tone (brightness +-50, contrast 0.5-1.3, gamma 0.55-2.0): the conditions a
-    service's crops meet and FER's images rarely show. The strengths bracket the robustness suite's."""
+    service's crops meet and FER's images rarely show. The strengths bracket the robustness suite's.
+    `weights`: the odds of the three losses of detail (downscale, blur, JPEG); None draws them equally."""
     if prob <= 0:
         return img
     if rng.random() < prob:
-        kind = rng.integers(3)
+        kind = rng.integers(3) if weights is None else rng.choice(3, p=np.asarray(weights) / sum(weights))
         if kind == 0:
             img = downscale(img, rng.uniform(16, 40))
         elif kind == 1:
