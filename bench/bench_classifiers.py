@@ -4,7 +4,8 @@
 
 Each model runs on random input of its manifest's size (the preprocessing cost is the pipeline
 benchmark's business); the ratio column compares with the first model listed (the baseline, by
-default `emotion-ferplus8@3`) at the same batch size and thread count, measured in the same run.
+default `emotion-ferplus8@3`) at the same batch size and thread count, measured in the same run: the graphs
+take turns (`interleaved_p50`), so a drift in the machine's speed does not favour one of them.
 The accuracy column is the manifest's validation metric, so speed and accuracy sit side by side.
 A model whose artifact has an int8 graph (`model.int8.onnx`, what the service runs on the CPU) gets a
 second row, `(int8)`, with that graph's speed and accuracy.
@@ -28,9 +29,10 @@ sys.path.insert(0, str(REPO))
 from model_store import ModelStore  # noqa: E402
 from model_store.storage import LocalStorage  # noqa: E402
 
-DEFAULT_MODELS = [  # version 4 is 3 re-exported with a `cam` output; -fast@3/@4: one MobileNetV2 at 96/128 px
+DEFAULT_MODELS = [  # 4 is 3 re-exported with a `cam` output; 5 and -fast@3/@4: one MobileNetV2 (128/96/128 px)
     "emotion-ferplus8@3",
     "emotion-ferplus8@4",
+    "emotion-ferplus8@5",
     "emotion-ferplus8-fast@3",
     "emotion-ferplus8-fast@4",
     "emotion-fer7@4",
@@ -38,22 +40,37 @@ DEFAULT_MODELS = [  # version 4 is 3 re-exported with a `cam` output; -fast@3/@4
 ]
 
 
-def faces_per_second(model_path: Path, shape: tuple[int, ...], threads: int, iterations: int) -> tuple[float, float]:
-    """(p50 ms per batch, faces/s) of one session at one batch size."""
+TURN = 5  # batches a graph runs before the next one takes its turn
+
+
+def session(model_path: Path, threads: int) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    x = np.random.default_rng(0).random(shape, dtype=np.float32)
-    for _ in range(3):
-        sess.run(None, {name: x})
-    times = []
-    for _ in range(iterations):
-        t = time.perf_counter()
-        sess.run(None, {name: x})
-        times.append(time.perf_counter() - t)
-    p50 = statistics.median(times)
-    return p50 * 1e3, shape[0] / p50
+    # idle threads do not spin: the graphs take turns, and one's spinning pool would slow the next one's run
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+
+
+def interleaved_p50(graphs: list[tuple[Path, tuple[int, ...]]], threads: int, iterations: int) -> list[float]:
+    """Median seconds per batch of each graph (path, input shape). The graphs take turns of `TURN` batches, so a
+    machine that speeds up or slows down during the run weighs on every graph alike (measured one after the
+    other, two runs of the same graph differed by 1.5x on a shared VM); most batches of a turn find the graph's
+    weights in the cache, as a service running it continuously does."""
+    runs = []
+    for path, shape in graphs:
+        sess = session(path, threads)
+        feed = {sess.get_inputs()[0].name: np.random.default_rng(0).random(shape, dtype=np.float32)}
+        for _ in range(3):
+            sess.run(None, feed)
+        runs.append((sess, feed))
+    times: list[list[float]] = [[] for _ in graphs]
+    for _ in range(-(-iterations // TURN)):
+        for (sess, feed), spent in zip(runs, times, strict=True):
+            for _ in range(TURN):
+                t = time.perf_counter()
+                sess.run(None, feed)
+                spent.append(time.perf_counter() - t)
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -66,23 +83,26 @@ def main() -> None:
     args = parser.parse_args()
     # the earlier versions kept in the repository (or a store of your own), over the shipped layer; read only
     store = ModelStore(LocalStorage(args.root or REPO / "releases", read_only=True))
-    rows = []
-    base: dict[tuple[int, int], float] = {}
-    cases = [(ref, b, t) for ref in args.models for t in args.threads for b in args.batch]
-    for ref, batch, threads in tqdm(cases, desc="classifiers", leave=False):
+    graphs = []  # (label, network, accuracy, path, (channels, h, w))
+    for ref in args.models:
         r = store.get(ref)
         m = r.manifest
         w, h = m.input.size or (48, 48)
         c = 1 if m.input.color == "GRAY" else 3
-        graphs = [(r.ref, r.model_path, "accuracy")]
+        paths = [(r.ref, r.model_path, "accuracy")]
         if r.int8_path is not None:
-            graphs.append((f"{r.ref} (int8)", r.int8_path, "int8_accuracy"))
-        for label, path, metric in graphs:
-            ms, fps = faces_per_second(path, (batch, c, h, w), threads, args.iterations)
-            base.setdefault((batch, threads), fps)
+            paths.append((f"{r.ref} (int8)", r.int8_path, "int8_accuracy"))
+        for label, path, metric in paths:
             acc = next((f"{v[metric]:.2%} {k}" for k, v in m.metrics.items() if k.endswith("_val") and metric in v),
                        "-")  # fmt: skip
-            rows.append((label, f"{m.family} {w}x{h}", acc, batch, threads, ms, fps, fps / base[(batch, threads)]))
+            graphs.append((label, f"{m.family} {w}x{h}", acc, path, (c, h, w)))
+    rows = []
+    cases = [(b, t) for t in args.threads for b in args.batch]
+    for batch, threads in tqdm(cases, desc="batch sizes and threads", leave=False):
+        p50 = interleaved_p50([(g[3], (batch, *g[4])) for g in graphs], threads, args.iterations)
+        for (label, net, acc, _, _), sec in zip(graphs, p50, strict=True):
+            rows.append((label, net, acc, batch, threads, sec * 1e3, batch / sec, p50[0] / sec))
+    rows.sort(key=lambda r: [g[0] for g in graphs].index(r[0]))  # by model, as listed
     print("| model | network, input | validation accuracy | batch | threads | p50 ms/batch | faces/s | vs first |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for ref, net, acc, batch, threads, ms, fps, ratio in rows:

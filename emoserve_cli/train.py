@@ -175,6 +175,13 @@ def evaluate_command(
             "--out adds robustness.json.",
         ),
     ] = False,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8",
+            help="Run the model's int8 graph, the one the service serves on the CPU (default: the float graph).",
+        ),
+    ] = False,
 ) -> None:
     """Evaluate a stored ONNX model on a dataset split (accuracy, balanced accuracy, per-class table, ECE)."""
     from training.data.readers import READERS, SPLITS, DatasetLayoutError
@@ -189,6 +196,13 @@ def evaluate_command(
         resolved, ds = load_for_evaluation(model, data, split, fmt)
     except DatasetLayoutError as exc:
         fail(str(exc), 2)
+    if int8:
+        from training.evaluate import int8_graph
+
+        try:
+            resolved = int8_graph(resolved)
+        except ValueError as exc:
+            fail(str(exc), 2)
     res: dict[str, Any] = {**evaluate_loaded(resolved, ds, desc="unshifted" if robustness else None), "split": split}
     rep = res.pop("_report")
     if robustness:
@@ -209,7 +223,7 @@ def evaluate_command(
     if as_json:
         typer.echo(json.dumps(res, indent=1))
         return
-    typer.echo(f"{res['model']} on {res['dataset']} {split} ({res['n']} images)")
+    typer.echo(f"{res['model']} ({res['graph']} graph) on {res['dataset']} {split} ({res['n']} images)")
     typer.echo(format_report(rep))
     if "accuracy_shared" in res:
         typer.echo(f"shared classes ({len(res['shared_classes'])}): accuracy {res['accuracy_shared']:.4f} on "

@@ -142,7 +142,7 @@ class Settings(BaseSettings):
     ws_classify_detected: bool = Field(
         False,
         description="With reuse: detect every frame in which a face is classified again, so the crops classified"
-        " are those a full analysis makes (with EMOSERVE_WS_REUSE_CHANGE=6: closer agreement, more work per frame).",
+        " are those a full analysis makes (with EMOSERVE_WS_REUSE_CHANGE=4: closer agreement, more work per frame).",
     )
     ws_confirm_changes: bool = Field(
         False,

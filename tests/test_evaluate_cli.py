@@ -146,6 +146,31 @@ def test_split_folders_all_and_outputs(root: Path, tmp_path: Path) -> None:
     assert png is not None and png.shape[0] > 100
 
 
+def test_int8_scores_the_graph_the_cpu_serves(root: Path, tmp_path: Path) -> None:
+    """`--int8` runs the artifact's `model.int8.onnx` (here another tiny graph, so its predictions differ) and says
+    so; a model without one is refused in one line."""
+    data = tmp_path / "data"
+    n = _classes(data, 4)
+    code, out, err = _evaluate(root, "--data", str(data), "--split", "all", "--int8")
+    assert code == 2 and "tiny7@1 has no int8 graph" in err, (out, err)
+    store = ModelStore(root, shipped=None)
+    draft = classifier_draft("tiny7")
+    draft["labels"] = list(EMOTIONS_7)
+    files = {"model.onnx": tiny_classifier_onnx(tmp_path / "f.onnx"),
+             "model.int8.onnx": tiny_classifier_onnx(tmp_path / "q.onnx", seed=3)}  # fmt: skip
+    store.publish(draft, files, alias="production")
+    results = {}
+    for flags in ([], ["--int8"]):
+        code, out, err = _evaluate(root, "--data", str(data), "--split", "all", "--json", *flags)
+        assert code == 0, err
+        results[bool(flags)] = json.loads(out)
+        _check_metrics(results[bool(flags)], n)
+    assert results[False]["graph"] == "float" and results[True]["graph"] == "int8"
+    assert results[False]["confusion"] != results[True]["confusion"]
+    code, out, err = _evaluate(root, "--data", str(data), "--split", "all", "--int8")
+    assert code == 0 and "tiny7@2 (int8 graph)" in out, err
+
+
 def test_unknown_model_and_bad_split_are_one_line(root: Path, tmp_path: Path) -> None:
     _classes(tmp_path / "data", 2)
     env = {"EMOSERVE_MODEL_ROOT": str(root), "COLUMNS": "200"}

@@ -231,7 +231,7 @@ def test_explain_photo_explains_every_face_the_service_finds(tmp_path: Path) -> 
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     faces = out["faces"]
-    assert out["mode"] == "faces" and out["model"] == "emotion-ferplus8@4" and len(faces) >= 8
+    assert out["mode"] == "faces" and out["model"] == "emotion-ferplus8@5" and len(faces) >= 8
     assert [f["face"] for f in faces] == list(range(1, len(faces) + 1))
     sheet = cv2.imread(out["sheet"])
     assert sheet is not None and sheet_rows(sheet) == len(faces)
@@ -241,7 +241,10 @@ def test_explain_photo_explains_every_face_the_service_finds(tmp_path: Path) -> 
         x1, y1, x2, _ = (round(v) for v in f["box"])
         assert np.abs(numbered[y1, x1:x2].astype(int) - original[y1, x1:x2]).mean() > 30
 
-    pipe = Pipeline.load(get_settings(model_root=root), classifier_ref="emotion-ferplus8@production")
+    # explain rebuilds the float network from the ONNX weights: compare with the service's float graph (on the
+    # CPU the service runs the int8 graph, whose probabilities differ by a few thousandths)
+    settings = get_settings(model_root=root, int8=False)
+    pipe = Pipeline.load(settings, classifier_ref="emotion-ferplus8@production")
     try:
         served = pipe.analyze_sync(photo.read_bytes()).faces
     finally:

@@ -133,9 +133,11 @@ def test_served_maps_agree_with_torch_gradcam(tmp_path: Path) -> None:
     from training.explain import gradcam_logits
     from training.onnx_init import torch_model_from_store
 
-    settings = Settings(model_root=tmp_path)
+    settings = Settings(model_root=tmp_path, int8=False)  # the float graph: the same network as torch's
     model = ModelStore(tmp_path).get(CLASSIFIER)
-    assert model.manifest.explain is not None and model.manifest.explain.flip_averaged
+    spec = model.manifest.explain
+    assert spec is not None
+    side = (model.manifest.input.size or (96, 96))[0]
     pool = SessionPool(settings)
     try:
         classifier = EmotionClassifier(model, pool.load(model), settings)
@@ -143,8 +145,9 @@ def test_served_maps_agree_with_torch_gradcam(tmp_path: Path) -> None:
         rng = np.random.default_rng(7)
         crops = []
         for i in range(6):  # smooth random "faces" with a bright band at a different height each
-            img = cv2.GaussianBlur(rng.integers(0, 255, (96, 96, 3)).astype(np.uint8), (0, 0), 3)
-            img[10 + 12 * i : 22 + 12 * i] = 230
+            img = cv2.GaussianBlur(rng.integers(0, 255, (side, side, 3)).astype(np.uint8), (0, 0), 3 * side / 96)
+            band = round((10 + 12 * i) * side / 96)
+            img[band : band + round(12 * side / 96)] = 230
             crops.append(img)
         batch = classifier.preprocessor.normalize(crops)
         scores = classifier.run(batch)
@@ -152,7 +155,7 @@ def test_served_maps_agree_with_torch_gradcam(tmp_path: Path) -> None:
         for i in range(len(crops)):
             label = int(np.argmax(scores.probs[i]))
             served = heat_grid(scores.cams[i, label])
-            heat, logits = gradcam_logits(net, torch.from_numpy(batch[i]), label, flip=True)
+            heat, logits = gradcam_logits(net, torch.from_numpy(batch[i]), label, flip=spec.flip_averaged)
             ref = cv2.resize(heat, (GRID, GRID), interpolation=cv2.INTER_AREA)
             assert int(logits[0].argmax()) == label
             assert np.corrcoef(served.ravel(), ref.ravel())[0, 1] >= 0.9

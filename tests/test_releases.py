@@ -42,7 +42,7 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_catalog_releases_are_the_repository_versions(mirror: Path, tmp_path: Path) -> None:
     releases = Catalog.load().releases
-    assert {"emotion-ferplus8@3", "emotion-fer7@3"} <= set(releases)
+    assert {"emotion-ferplus8@3", "emotion-ferplus8@4", "emotion-fer7@3"} <= set(releases)
     fresh = ModelStore(tmp_path / "root")  # an empty root over the shipped layer
     for release in releases.values():
         artifact = mirror / artifact_name(release.name, release.version)
@@ -60,28 +60,28 @@ def test_rollback_on_a_fresh_install_pulls_the_previous_production(
         tmp_path, "models", "rollback", "emotion-ferplus8", env={"EMOSERVE_CATALOG": str(offline_catalog)}
     )
     assert offline.returncode != 0
-    assert "emoserve models pull emotion-ferplus8@3 --mirror DIR" in offline.stdout + offline.stderr
+    assert "emoserve models pull emotion-ferplus8@4 --mirror DIR" in offline.stdout + offline.stderr
     assert "training/configs/emotion-ferplus8.yaml" in offline.stdout + offline.stderr
 
     env = {"EMOSERVE_MODEL_MIRROR": str(mirror)}
     r = emoserve(tmp_path, "models", "rollback", "emotion-ferplus8", env=env)
     assert r.returncode == 0, r.stderr
-    assert "published emotion-ferplus8@3" in r.stdout and "4 -> 3" in r.stdout
+    assert "published emotion-ferplus8@4" in r.stdout and "5 -> 4" in r.stdout
     store = ModelStore(tmp_path / "root")
-    assert store.aliases("emotion-ferplus8")["production"] == 3
-    installed = store.get("emotion-ferplus8@3")
+    assert store.aliases("emotion-ferplus8")["production"] == 4
+    installed = store.get("emotion-ferplus8@4")
     assert installed.layer == "local"
-    kept = Manifest.from_file(RELEASES / "emotion-ferplus8" / "3" / MANIFEST_FILE)
+    kept = Manifest.from_file(RELEASES / "emotion-ferplus8" / "4" / MANIFEST_FILE)
     assert installed.manifest == kept, "the manifest travels unchanged"
-    assert (installed.path / "MODEL_CARD.md").read_text() == (RELEASES / "emotion-ferplus8/3/MODEL_CARD.md").read_text()
-    repacked = pack(store, "emotion-ferplus8@3", tmp_path / "repacked")  # a store that pulled it packs it again
-    assert sha256_file(repacked) == Catalog.load().release("emotion-ferplus8@3").sha256
+    assert (installed.path / "MODEL_CARD.md").read_text() == (RELEASES / "emotion-ferplus8/4/MODEL_CARD.md").read_text()
+    repacked = pack(store, "emotion-ferplus8@4", tmp_path / "repacked")  # a store that pulled it packs it again
+    assert sha256_file(repacked) == Catalog.load().release("emotion-ferplus8@4").sha256
 
     # the next rollback returns to the shipped production version; a second pull is a no-op
     r = emoserve(tmp_path, "models", "rollback", "emotion-ferplus8", env=env)
-    assert r.returncode == 0 and "3 -> 4" in r.stdout, r.stdout + r.stderr
-    r = emoserve(tmp_path, "models", "pull", "emotion-ferplus8@3", env=env)
-    assert r.returncode == 0 and "already present as emotion-ferplus8@3" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "4 -> 5" in r.stdout, r.stdout + r.stderr
+    r = emoserve(tmp_path, "models", "pull", "emotion-ferplus8@4", env=env)
+    assert r.returncode == 0 and "already present as emotion-ferplus8@4" in r.stdout, r.stdout + r.stderr
 
 
 def test_every_shipped_model_rolls_back_on_a_fresh_install(mirror: Path, tmp_path: Path) -> None:

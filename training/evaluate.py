@@ -5,17 +5,38 @@ probabilities (`training.metrics`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from model_store.store import ResolvedModel
 from model_store.tensors import probabilities
 from training.metrics import classification_report, expected_calibration_error
 from training.onnx_run import onnx_logits
 
 if TYPE_CHECKING:
     from training.data import FaceDataset
+
+
+@dataclass(frozen=True)
+class Int8Graph(ResolvedModel):
+    """A resolved model whose int8 graph is the one run (what the service serves on the CPU)."""
+
+    @property
+    def model_path(self) -> Path:
+        path = self.int8_path
+        if path is None:
+            raise ValueError(f"{self.ref} has no int8 graph")
+        return path
+
+
+def int8_graph(resolved: ResolvedModel) -> Int8Graph:
+    """`resolved` with its int8 graph in place of the float one; ValueError when it has none."""
+    if resolved.int8_path is None:
+        raise ValueError(f"{resolved.ref} has no int8 graph (its manifest lists no model.int8.onnx)")
+    return Int8Graph(resolved.manifest, resolved.path, resolved.layer)
 
 
 def served_probabilities(resolved: Any, raw: np.ndarray) -> np.ndarray:
@@ -47,7 +68,9 @@ def evaluate_loaded(resolved: Any, ds: FaceDataset, images: np.ndarray | None = 
         raw = onnx_logits(resolved.model_path, m, ds.images if images is None else images, desc=desc)
     probs = served_probabilities(resolved, raw)
     model_labels = list(m.labels or [])
-    result: dict[str, Any] = {"model": resolved.ref, "dataset": ds.name, "split": ds.split, "n": len(ds)}
+    graph = "int8" if isinstance(resolved, Int8Graph) else "float"
+    result: dict[str, Any] = {"model": resolved.ref, "graph": graph, "dataset": ds.name, "split": ds.split,
+                              "n": len(ds)}  # fmt: skip
     labels, y, p = ds.labels, ds.targets, probs
     if model_labels != ds.labels:
         labels = [c for c in model_labels if c in ds.labels]

@@ -154,7 +154,7 @@ class StreamConfig(_In):
     )
     classify_detected: bool | None = Field(
         None,
-        description="Detect every frame in which a face is classified again (with reuse_change 6: streams"
+        description="Detect every frame in which a face is classified again (with reuse_change 4: streams"
         " that agree with still-image analysis, at more work per frame).",
     )
     confirm_changes: bool | None = Field(
