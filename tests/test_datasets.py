@@ -419,6 +419,11 @@ def test_degrade_weights_choose_the_loss_of_detail(monkeypatch: pytest.MonkeyPat
         TrainConfig.from_dict({"degrade_weights": [1.0, 1.0]})
     with pytest.raises(ValueError, match="three odds"):
         TrainConfig.from_dict({"degrade_weights": [1.0, -1.0, 1.0]})
+    with pytest.raises(ValueError, match="three odds"):
+        TrainConfig.from_dict({"degrade_weights": 1.0})
+    with pytest.raises(ValueError, match="degrade is 0"):
+        TrainConfig.from_dict({"degrade_weights": [1.0, 1.0, 1.0]})
+    assert TrainConfig.from_dict({"degrade": 0.5, "degrade_weights": [1, 0, 2]}).degrade_weights == [1, 0, 2]
 
 
 def test_balanced_indices() -> None:

@@ -53,6 +53,13 @@ def test_shipped_model_reproduces_its_validation_accuracy(tmp_path: Path, ref: s
     result = evaluate_store_model(ref, data, "val", store_root=tmp_path / "root")
     assert result["n"] == m.metrics[dataset]["n"]
     assert result["accuracy"] == pytest.approx(claimed, abs=0.002)
+    if "int8_accuracy" in m.metrics[dataset]:  # the graph the service runs on the CPU, and its own claim
+        from training.evaluate import evaluate_loaded, int8_graph, load_for_evaluation
+
+        resolved, ds = load_for_evaluation(ref, data, "val", store_root=tmp_path / "root")
+        served = evaluate_loaded(int8_graph(resolved), ds)
+        assert served["graph"] == "int8"
+        assert served["accuracy"] == pytest.approx(m.metrics[dataset]["int8_accuracy"], abs=0.002)
 
 
 def test_default_classifier_serves_a_group_photo(tmp_path: Path) -> None:

@@ -196,3 +196,5 @@ def test_a_second_head_starts_fresh_over_a_published_graph(tmp_path: Path) -> No
     assert "second_head" in metrics  # the fresh second head was trained and scored beside the main one
     with pytest.raises(ValueError, match=r"\.pt init_from"):
         TrainConfig.from_dict({"second_head": 0.5, "init_from": "runs/x/best.pt"})
+    with pytest.raises(ValueError, match="ensemble member"):  # its other members would be built with one head
+        TrainConfig.from_dict({"second_head": 0.5, "init_from": "emotion-ferplus8@3#0"})

@@ -94,19 +94,27 @@ class TrainConfig:
             raise ValueError(f"degrade must be a probability in [0, 1], got {self.degrade}")
         if self.degrade > 0 and self.augment == "none":
             raise ValueError("degrade is part of the augmentation: it needs augment standard or balanced, not none")
-        if self.degrade_weights is not None and (
-            len(self.degrade_weights) != 3 or min(self.degrade_weights) < 0 or sum(self.degrade_weights) <= 0
+        w = self.degrade_weights
+        if w is not None and (
+            not isinstance(w, list | tuple)
+            or len(w) != 3
+            or not all(isinstance(v, int | float) and v >= 0 for v in w)
+            or sum(w) <= 0
         ):
-            raise ValueError(f"degrade_weights are three odds (downscale, blur, JPEG), got {self.degrade_weights}")
+            raise ValueError(f"degrade_weights are three odds (downscale, blur, JPEG), got {w!r}")
+        if w is not None and self.degrade == 0:
+            raise ValueError("degrade_weights choose among degradations, but degrade is 0: set degrade too")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if not 0.0 <= self.distill_weight <= 1.0 or self.distill_temperature <= 0:
             raise ValueError("distill_weight must be in [0, 1] and distill_temperature positive")
         if self.second_head < 0:
             raise ValueError(f"second_head is a loss weight, it cannot be negative ({self.second_head})")
-        if self.second_head > 0 and ((self.init_from or "").endswith(".pt") or self.pca):
-            raise ValueError("a second head does not combine with a .pt init_from or pca yet (a published model's "
-                             "graph is fine: the second head then starts fresh)")  # fmt: skip
+        source = self.init_from or ""
+        if self.second_head > 0 and (source.endswith(".pt") or "#" in source or self.pca):
+            raise ValueError("a second head does not combine with a .pt init_from, an ensemble member (NAME@ALIAS#K) "
+                             "or pca yet (a published one-network graph is fine: the second head then starts "
+                             "fresh)")  # fmt: skip
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs, batch_size and lr must be positive")
 

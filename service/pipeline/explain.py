@@ -1,7 +1,7 @@
 """Per-face explanations from a classifier's class-activation-map output (`explain=true`).
 
-The model's `cam` output holds one map per class over its last feature map (e.g. 3x3 for a
-MobileNetV2 at 96x96). The served map is the label's map with negatives cut, scaled to a peak of 1
+The model's `cam` output holds one map per class over its last feature map (e.g. 4x4 for a
+MobileNetV2 at 128x128). The served map is the label's map with negatives cut, scaled to a peak of 1
 and resized bilinearly to `GRID` x `GRID` (as Grad-CAM upsamples its map), with the affine that lays
 it on the image: grid -> crop pixels -> (inverse of the alignment) image pixels.
 """
