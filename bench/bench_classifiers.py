@@ -96,17 +96,18 @@ def main() -> None:
             acc = next((f"{v[metric]:.2%} {k}" for k, v in m.metrics.items() if k.endswith("_val") and metric in v),
                        "-")  # fmt: skip
             graphs.append((label, f"{m.family} {w}x{h}", acc, path, (c, h, w)))
-    rows = []
     cases = [(b, t) for t in args.threads for b in args.batch]
-    for batch, threads in tqdm(cases, desc="batch sizes and threads", leave=False):
-        p50 = interleaved_p50([(g[3], (batch, *g[4])) for g in graphs], threads, args.iterations)
-        for (label, net, acc, _, _), sec in zip(graphs, p50, strict=True):
-            rows.append((label, net, acc, batch, threads, sec * 1e3, batch / sec, p50[0] / sec))
-    rows.sort(key=lambda r: [g[0] for g in graphs].index(r[0]))  # by model, as listed
+    p50 = {  # (batch, threads) -> seconds per batch of each graph, in the order of `graphs`
+        (batch, threads): interleaved_p50([(g[3], (batch, *g[4])) for g in graphs], threads, args.iterations)
+        for batch, threads in tqdm(cases, desc="batch sizes and threads", leave=False)
+    }
     print("| model | network, input | validation accuracy | batch | threads | p50 ms/batch | faces/s | vs first |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
-    for ref, net, acc, batch, threads, ms, fps, ratio in rows:
-        print(f"| {ref} | {net} | {acc} | {batch} | {threads} | {ms:.2f} | {fps:,.0f} | {ratio:.2f}x |")
+    for i, (label, net, acc, _, _) in enumerate(graphs):  # by model, as listed
+        for batch, threads in cases:
+            sec, first = p50[batch, threads][i], p50[batch, threads][0]
+            print(f"| {label} | {net} | {acc} | {batch} | {threads} | {sec * 1e3:.2f} | {batch / sec:,.0f} | "
+                  f"{first / sec:.2f}x |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -27,8 +27,7 @@ class Int8Graph(ResolvedModel):
     @property
     def model_path(self) -> Path:
         path = self.int8_path
-        if path is None:
-            raise ValueError(f"{self.ref} has no int8 graph")
+        assert path is not None, "made by `int8_graph`, which refuses a model without one"
         return path
 
 
