@@ -146,8 +146,9 @@ class Settings(BaseSettings):
     )
     ws_confirm_changes: bool = Field(
         False,
-        description="With reuse: when a face classified on followed landmarks changes its label, detect the frame"
-        " and classify the detected crop instead (the label a full analysis gives; work only where labels change).",
+        description="With reuse: when a face classified on followed landmarks changes its label or is unclear (see"
+        " EMOSERVE_WS_REUSE_MARGIN), detect the frame and classify the detected crop instead (the label a full"
+        " analysis gives; work only where labels change or hesitate).",
     )
     ws_follow_min_size: float = Field(
         20.0,

@@ -331,6 +331,39 @@ def test_stream_reuse_confirms_a_changed_label_on_the_detected_crop(tiny_pipelin
     assert len(set(labels)) == 1
 
 
+@pytest.mark.parametrize("confirm", [True, False])
+def test_stream_reuse_confirms_an_unclear_label_on_the_detected_crop(tiny_pipeline: Pipeline, confirm: bool) -> None:
+    """With `confirm_changes`, a followed face whose label was a near tie (top two closer than `margin`) has its
+    next frame detected, and one whose new classification is a near tie has its frame detected and classified
+    again: a landmark moved by a pixel flips a tie. (A margin of 1 makes every classification unclear.)"""
+    from service.pipeline.stream_reuse import ReusePolicy, StreamState
+
+    frame = _textured()
+
+    async def run(margin: float, tie_at: int | None) -> list[bool]:
+        policy = ReusePolicy(detect_every=10, reclassify_every=100, max_age_ms=1e9, margin=margin, change=0.0,
+                             confirm_changes=confirm)  # fmt: skip
+        state, detected = StreamState(), []
+        for i in range(4):
+            if i == tie_at:  # as if the face had been a tie between its two likeliest labels until now
+                probs = np.zeros_like(state.faces[0].probs)
+                probs[:2] = 0.5
+                state.faces[0].probs = probs
+            await tiny_pipeline.analyze_stream(frame, None, state, policy)
+            detected.append(state.since_detect == 0)
+        return detected
+
+    async def main() -> tuple[list[bool], list[bool]]:
+        try:
+            return await run(1e-6, 2), await run(1.0, None)
+        finally:
+            await tiny_pipeline.aclose()
+
+    after_tie, all_unclear = asyncio.run(main())
+    assert after_tie == [True, False, confirm, False]
+    assert all_unclear == [True, confirm, confirm, confirm]
+
+
 def test_stream_reuse_detects_faces_too_small_to_follow(tiny_pipeline: Pipeline) -> None:
     """`follow_min_size`: optical flow loses small faces, so a stream with one detects every frame instead. The
     size counts in the grey copy flow runs on (at most 640 px wide): the test detector's face is half the

@@ -259,3 +259,54 @@ def test_init_from_maps_head_by_label(tmp_path: Path) -> None:
     assert torch.equal(dst.fc.weight[0], src.fc.weight[1])  # "sad" row moved
     assert not torch.equal(dst.fc.weight[1], src.fc.weight[0])  # "angry" keeps its fresh init
     assert torch.equal(dst.layer1[0].conv1.weight, src.layer1[0].conv1.weight)
+
+
+def test_consistency_views_and_loss() -> None:
+    """A consistency view is the same face slightly moved (and sometimes compressed); the loss is zero when
+    the two predictions agree, and its gradient reaches only the second view's."""
+    from training.data.degrade import consistency_view
+    from training.loop import consistency_loss
+
+    rng = np.random.default_rng(0)
+    face = cv2.GaussianBlur(rng.integers(0, 255, (128, 128)).astype(np.uint8), (0, 0), 3)
+    views = [consistency_view(face, np.random.default_rng(s)) for s in range(20)]
+    assert all(v.shape == face.shape and v.dtype == np.uint8 for v in views)
+    diffs = [float(np.abs(v.astype(float) - face).mean()) for v in views]
+    assert all(0 < d < 20 for d in diffs), diffs  # moved, not replaced
+    assert np.array_equal(consistency_view(face, np.random.default_rng(3)), views[3])  # seeded
+    heads = [(4, 1.0), (3, 0.5)]
+    anchor = torch.randn(8, 7, requires_grad=True)
+    assert float(consistency_loss(anchor, anchor.detach().clone(), heads)) == pytest.approx(0.0, abs=1e-6)
+    view = torch.randn(8, 7, requires_grad=True)
+    loss = consistency_loss(anchor, view, heads)
+    loss.backward()
+    assert float(loss.detach()) > 0 and anchor.grad is None and view.grad is not None and view.grad.abs().sum() > 0
+
+
+def test_consistency_epoch_sees_both_views() -> None:
+    """With `consistency`, every step runs the batch and its second views through the model in one pass
+    (twice the images), and the epoch still learns; the option refuses mixup and a negative weight."""
+    from training.loop import Runtime, train_epoch
+    from training.models import create_model
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 50, (64, 48, 48)).astype(np.uint8)
+    images[:32, :, :24] += 150
+    soft = np.zeros((64, 2), np.float32)
+    soft[:32] = [0.8, 0.2]
+    soft[32:] = [0.1, 0.9]
+    model = create_model("resnet18s", 2, 1, width=8, stem_stride=2)
+    seen: list[int] = []
+    model.register_forward_hook(lambda m, args, out: seen.append(int(args[0].shape[0])))
+    opt = torch.optim.AdamW(model.parameters(), 0.01)
+    rt = Runtime(torch.device("cpu"), None, False)
+    cfg = tiny_config(augment="standard", consistency=1.0, batch_size=16)
+    losses = [train_epoch(model, images, soft, opt, cfg, rt, rng, ([0.5], [0.5]))[0] for _ in range(6)]
+    assert set(seen) == {32}  # 16 images and their 16 second views
+    assert losses[-1] < losses[0]
+    with pytest.raises(ValueError, match="negative"):
+        tiny_config(consistency=-1.0)
+    with pytest.raises(ValueError, match="mixup"):
+        tiny_config(augment="standard", consistency=1.0, mixup=0.2)
+    with pytest.raises(ValueError, match="augment"):
+        tiny_config(consistency=1.0)

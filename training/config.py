@@ -53,6 +53,8 @@ class TrainConfig:
     erasing: float = 0.0
     degrade: float = 0.0  # probability of a loss of detail and of a tone change (training/data/degrade.py)
     degrade_weights: list[float] | None = None  # odds of its downscale, blur and JPEG (default: equal)
+    consistency: float = 0.0  # weight of a loss that asks each image's prediction to survive a second view of it
+    # (training/data/degrade.consistency_view: crop jitter, half the time a harsh JPEG or downscale); 0 = off
     pca: bool = False  # per-channel PCA keeping `pca_variance` of the variance (training/data/pca.py)
     pca_variance: float = 0.95
     # runtime
@@ -104,6 +106,11 @@ class TrainConfig:
             raise ValueError(f"degrade_weights are three odds (downscale, blur, JPEG), got {w!r}")
         if w is not None and self.degrade == 0:
             raise ValueError("degrade_weights choose among degradations, but degrade is 0: set degrade too")
+        if self.consistency < 0:
+            raise ValueError(f"consistency is a loss weight, it cannot be negative ({self.consistency})")
+        if self.consistency > 0 and (self.mixup > 0 or self.augment == "none"):
+            raise ValueError("consistency compares two views of one augmented image: it needs augment standard or "
+                             "balanced, and no mixup (a mixed image has no single second view)")  # fmt: skip
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if not 0.0 <= self.distill_weight <= 1.0 or self.distill_temperature <= 0:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from training.config import TrainConfig
 from training.data.augment import AugmentParams, augment_batch, mixup, random_erasing
+from training.data.degrade import consistency_view
 
 
 @dataclass
@@ -129,6 +130,18 @@ def heads_loss(logits: torch.Tensor, target: torch.Tensor, heads: Heads) -> torc
     return loss
 
 
+def consistency_loss(anchor: torch.Tensor, view: torch.Tensor, heads: Heads) -> torch.Tensor:
+    """KL divergence from each head's prediction on the anchor images (held fixed) to its prediction on their
+    second views, summed over the heads with their weights."""
+    loss, start = anchor.new_zeros((), dtype=torch.float32), 0
+    for size, weight in heads:
+        target = F.softmax(anchor[:, start : start + size].detach().float(), 1)
+        logp = F.log_softmax(view[:, start : start + size].float(), 1)
+        loss = loss + weight * F.kl_div(logp, target, reduction="batchmean")
+        start += size
+    return loss
+
+
 def smooth_labels(dist: torch.Tensor, heads: Heads, eps: float) -> torch.Tensor:
     """Label smoothing within each head; rows without a target for a head (all zero) stay zero."""
     parts, start = [], 0
@@ -170,8 +183,11 @@ def train_epoch(
     for idx in bar:
         if len(idx) < 2:
             continue  # BatchNorm needs 2+ samples
-        x = to_tensor(augment_batch(images[idx], rng, policy, aug), *norm, rt)
-        x = random_erasing(x, cfg.erasing, gen)
+        views = augment_batch(images[idx], rng, policy, aug)
+        x = random_erasing(to_tensor(views, *norm, rt), cfg.erasing, gen)
+        if cfg.consistency > 0:  # the second views join the batch: one forward pass, BatchNorm over both
+            second = np.stack([consistency_view(v, rng) for v in views])
+            x = torch.cat([x, random_erasing(to_tensor(second, *norm, rt), cfg.erasing, gen)])
         t = torch.from_numpy(targets[idx]).to(rt.device)
         dist = t.float() if t.ndim == 2 else F.one_hot(t, num_classes).float()
         if cfg.label_smoothing > 0:
@@ -179,7 +195,11 @@ def train_epoch(
         x, dist = mixup(x, dist, cfg.mixup, rng)
         with rt.autocast():
             logits = model(x)
-        loss = heads_loss(logits, dist, heads)
+        if cfg.consistency > 0:
+            logits, seconds = logits[: len(idx)], logits[len(idx) :]
+            loss = heads_loss(logits, dist, heads) + cfg.consistency * consistency_loss(logits, seconds, heads)
+        else:
+            loss = heads_loss(logits, dist, heads)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -33,15 +33,16 @@ from service.pipeline.stream_reuse import (
     ReusePolicy,
     StreamState,
     TrackedFace,
+    clear,
     flow_scale,
     follow,
     followable,
     grey_for_flow,
-    label_changed,
     match_previous,
     needs_classifying,
     stale,
     thumbnail,
+    unconfirmed,
 )
 from service.runtime.sessions import SessionPool
 from service.settings import Settings
@@ -238,8 +239,8 @@ class Pipeline:
         del decoded
         timed = await self.classifier.classify(prep.batch)
         queue_s, run_s = timed.queue_s, timed.run_s
-        if dec is not None and state.since_detect > 0 and label_changed(fresh, before, timed.result.probs):
-            # an emotion changed on a crop aligned on followed landmarks: detect, classify the detected crops
+        if dec is not None and state.since_detect > 0 and unconfirmed(policy, fresh, before, timed.result.probs):
+            # a label changed (or hesitates) on a crop aligned on followed landmarks: detect, classify detected crops
             first = prep
             with self.classifier.batcher.coming():
                 prep, fresh, before, _ = await asyncio.to_thread(self._prepare_stream, dec, opts, state, policy)
@@ -285,6 +286,8 @@ class Pipeline:
         due = confirming or not state.faces or state.since_detect + 1 >= policy.detect_every
         if not due:  # optical flow loses faces smaller than follow_min_size: detect them again
             due = not all(followable(policy, t.face, to_flow) for t in state.faces)
+        if policy.confirm_changes and not due:  # an unclear label is confirmed on a detected crop: detect at once
+            due = not all(clear(policy, t) for t in state.faces)
         if policy.classify_detected and not due:  # a face to classify whatever moved: detect, skip the flow
             now = time.perf_counter()
             due = any(stale(policy, t, now) for t in state.faces)

@@ -12,8 +12,10 @@ Per processed frame:
   short side is under `follow_min_size` px in that grey copy is not followed: its frame is detected (a 20
   px face of a 1080p frame is 7 px there, too few for flow to hold its box to the detector's).
 - **Confirmation** (`confirm_changes`): when a followed face, classified again, gets another label than
-  it had, the frame is detected and its detected crops classified instead, so a label change never
-  rests on followed landmarks, and the detector runs only where labels change.
+  it had, or an unclear one (top two probabilities closer than `margin`), the frame is detected and its
+  detected crops classified instead, so a label change or a near tie never rests on followed landmarks
+  (a landmark moved by a pixel flips a near tie). A face whose label was unclear has its next frame
+  detected at once. The detector runs only where labels change or hesitate.
 - **Classification** of a face is skipped when it continues a face of the previous frame (followed,
   or matched by IoU after a detection), its emotion is younger than `reclassify_every` frames and
   `max_age_ms`, it was clear (top probability ahead of the second by at least `margin`: a face near
@@ -196,13 +198,18 @@ def stale(policy: ReusePolicy, before: TrackedFace | None, now: float) -> bool:
     return not clear(policy, before)
 
 
-def label_changed(fresh: list[np.ndarray | None], before: list[TrackedFace | None], probs: np.ndarray) -> bool:
-    """Whether a face classified now (`fresh`, in the order of `probs`' rows) continues a face whose label
-    was another one."""
+def unconfirmed(
+    policy: ReusePolicy, fresh: list[np.ndarray | None], before: list[TrackedFace | None], probs: np.ndarray
+) -> bool:
+    """Whether a face classified now (`fresh`, in the order of `probs`' rows) is unclear (`margin`) or continues
+    a face whose label was another one: what `confirm_changes` confirms on the detected crop."""
     k = 0
     for thumb, prev in zip(fresh, before, strict=True):
         if thumb is None:
             continue
+        top2 = np.sort(probs[k])[-2:]
+        if float(top2[1] - top2[0]) < policy.margin:
+            return True
         if prev is not None and prev.probs is not None and int(np.argmax(probs[k])) != int(np.argmax(prev.probs)):
             return True
         k += 1

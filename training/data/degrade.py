@@ -92,3 +92,23 @@ def random_degrade(
         gamma = float(np.exp(rng.uniform(np.log(0.55), np.log(2.0))))
         img = tone(img, rng.uniform(-50, 50), rng.uniform(0.5, 1.3), gamma)
     return img
+
+
+def consistency_view(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A second view of a training image for the consistency loss: the crop jittered as a detector's landmarks
+    jitter between video frames (shift up to 1.5% of the side, scale and rotation up to 3% and 3 degrees), then,
+    half the time, a harsh loss of detail at the robustness suite's strengths (a JPEG round trip at quality
+    20-40 with the face 48 px wide, or a downscale to 20-28 px at 48 px)."""
+    h, w = img.shape[:2]
+    m = np.asarray(
+        cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), rng.uniform(-3, 3), rng.uniform(0.97, 1.03)), np.float64
+    )
+    m[:, 2] += rng.uniform(-0.015, 0.015, 2) * [w, h]
+    img = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    if rng.random() < 0.5:
+        img = (
+            jpeg_at(img, int(rng.integers(20, 41)), BASE_SIZE)
+            if rng.random() < 0.5
+            else downscale(img, rng.uniform(20, 28))
+        )
+    return img
