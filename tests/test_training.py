@@ -88,16 +88,22 @@ def test_runtime_selection(monkeypatch: pytest.MonkeyPatch) -> None:
         setup_runtime(tiny_config(device="cuda"))
 
 
-def test_soft_target_epoch_learns() -> None:
-    from training.loop import Runtime, train_epoch
-    from training.models import create_model
-
-    rng = np.random.default_rng(0)
+def two_soft_classes(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """64 images of two learnable classes (a bright left half or not) with soft targets."""
     images = rng.integers(0, 50, (64, 48, 48)).astype(np.uint8)
     images[:32, :, :24] += 150
     soft = np.zeros((64, 2), np.float32)
     soft[:32] = [0.8, 0.2]
     soft[32:] = [0.1, 0.9]
+    return images, soft
+
+
+def test_soft_target_epoch_learns() -> None:
+    from training.loop import Runtime, train_epoch
+    from training.models import create_model
+
+    rng = np.random.default_rng(0)
+    images, soft = two_soft_classes(rng)
     model = create_model("resnet18s", 2, 1, width=8, stem_stride=2)
     opt = torch.optim.AdamW(model.parameters(), 0.01)
     rt = Runtime(torch.device("cpu"), None, False)
@@ -290,11 +296,7 @@ def test_consistency_epoch_sees_both_views() -> None:
     from training.models import create_model
 
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 50, (64, 48, 48)).astype(np.uint8)
-    images[:32, :, :24] += 150
-    soft = np.zeros((64, 2), np.float32)
-    soft[:32] = [0.8, 0.2]
-    soft[32:] = [0.1, 0.9]
+    images, soft = two_soft_classes(rng)
     model = create_model("resnet18s", 2, 1, width=8, stem_stride=2)
     seen: list[int] = []
     model.register_forward_hook(lambda m, args, out: seen.append(int(args[0].shape[0])))
