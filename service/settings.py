@@ -161,7 +161,8 @@ class Settings(BaseSettings):
         0.3,
         ge=0.0,
         le=1.0,
-        description="With reuse: faces whose top two probabilities are closer are classified every frame.",
+        description="With reuse: faces whose top two probabilities are closer are classified every frame (and,"
+        " with EMOSERVE_WS_CONFIRM_CHANGES, detected every frame).",
     )
     ws_max_streams: int = Field(
         16, ge=1, le=100_000, description="Open streams per worker; one more is closed with 1013 (retry later)."

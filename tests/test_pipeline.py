@@ -335,7 +335,7 @@ def test_stream_reuse_confirms_a_changed_label_on_the_detected_crop(tiny_pipelin
 def test_stream_reuse_confirms_an_unclear_label_on_the_detected_crop(tiny_pipeline: Pipeline, confirm: bool) -> None:
     """With `confirm_changes`, a followed face whose label was a near tie (top two closer than `margin`) has its
     next frame detected, and one whose new classification is a near tie has its frame detected and classified
-    again: a landmark moved by a pixel flips a tie. (A margin of 1 makes every classification unclear.)"""
+    again: a landmark moved by a pixel flips a tie. (A margin of 2 makes every classification unclear.)"""
     from service.pipeline.stream_reuse import ReusePolicy, StreamState
 
     frame = _textured()
@@ -345,9 +345,12 @@ def test_stream_reuse_confirms_an_unclear_label_on_the_detected_crop(tiny_pipeli
                              confirm_changes=confirm)  # fmt: skip
         state, detected = StreamState(), []
         for i in range(4):
-            if i == tie_at:  # as if the face had been a tie between its two likeliest labels until now
-                probs = np.zeros_like(state.faces[0].probs)
-                probs[:2] = 0.5
+            if i == tie_at:  # as if its label (the same) had been a near tie with another one until now
+                before = state.faces[0].probs
+                assert before is not None
+                top = int(np.argmax(before))
+                probs = np.zeros_like(before)
+                probs[top], probs[(top + 1) % len(probs)] = 0.5, 0.5 - 1e-7
                 state.faces[0].probs = probs
             await tiny_pipeline.analyze_stream(frame, None, state, policy)
             detected.append(state.since_detect == 0)
@@ -355,13 +358,31 @@ def test_stream_reuse_confirms_an_unclear_label_on_the_detected_crop(tiny_pipeli
 
     async def main() -> tuple[list[bool], list[bool]]:
         try:
-            return await run(1e-6, 2), await run(1.0, None)
+            return await run(1e-6, 2), await run(2.0, None)
         finally:
             await tiny_pipeline.aclose()
 
     after_tie, all_unclear = asyncio.run(main())
     assert after_tie == [True, False, confirm, False]
     assert all_unclear == [True, confirm, confirm, confirm]
+
+
+def test_unconfirmed_names_changed_and_unclear_labels() -> None:
+    """`unconfirmed`: a fresh classification is confirmed when it changes the face's label or is a near tie,
+    whatever the face was before; faces not classified now (None) are skipped in `probs`' rows."""
+    from service.pipeline.detectors import DetectedFace
+    from service.pipeline.stream_reuse import ReusePolicy, TrackedFace, unconfirmed
+
+    policy = ReusePolicy(margin=0.3)
+    face = DetectedFace((0.0, 0.0, 10.0, 10.0), 0.9, None)
+    was_a = TrackedFace(face, np.zeros((32, 32), np.float32), np.array([0.9, 0.1, 0.0]))
+    thumb = np.zeros((32, 32), np.float32)
+    clear_a, clear_b, tie_a = [0.9, 0.1, 0.0], [0.1, 0.9, 0.0], [0.55, 0.45, 0.0]
+    assert not unconfirmed(policy, [thumb], [was_a], np.array([clear_a]))
+    assert unconfirmed(policy, [thumb], [was_a], np.array([clear_b]))  # another label
+    assert unconfirmed(policy, [thumb], [was_a], np.array([tie_a]))  # the same label, unclear
+    assert unconfirmed(policy, [thumb], [None], np.array([tie_a]))  # a new face, unclear
+    assert not unconfirmed(policy, [None, thumb], [was_a, was_a], np.array([clear_a]))  # row 0 is the second face
 
 
 def test_stream_reuse_detects_faces_too_small_to_follow(tiny_pipeline: Pipeline) -> None:

@@ -108,9 +108,12 @@ class TrainConfig:
             raise ValueError("degrade_weights choose among degradations, but degrade is 0: set degrade too")
         if self.consistency < 0:
             raise ValueError(f"consistency is a loss weight, it cannot be negative ({self.consistency})")
-        if self.consistency > 0 and (self.mixup > 0 or self.augment == "none"):
-            raise ValueError("consistency compares two views of one augmented image: it needs augment standard or "
-                             "balanced, and no mixup (a mixed image has no single second view)")  # fmt: skip
+        if self.consistency > 0 and self.mixup > 0:
+            raise ValueError("consistency compares two views of one image, and a mixup image has no single second "
+                             "view: set mixup 0")  # fmt: skip
+        if self.consistency > 0 and self.augment == "none":
+            raise ValueError("consistency's second views are made on top of the augmentation: set augment standard "
+                             "or balanced")  # fmt: skip
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if not 0.0 <= self.distill_weight <= 1.0 or self.distill_temperature <= 0:

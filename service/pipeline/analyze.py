@@ -234,7 +234,7 @@ class Pipeline:
             state.owner = self
         with self.classifier.batcher.coming():
             prep, fresh, before, decoded = await asyncio.to_thread(self._prepare_stream, image, opts, state, policy)
-        # the frame is held while its faces wait for the classifier only when a label change may need it
+        # the frame is held while its faces wait for the classifier only when a confirmation may need it
         dec = decoded if policy.confirm_changes else None
         del decoded
         timed = await self.classifier.classify(prep.batch)

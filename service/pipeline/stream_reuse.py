@@ -3,8 +3,9 @@ an emotion is classified again only when its face has changed enough or has grow
 
 Per processed frame:
 - **Detection** runs when the stream has no faces, every `detect_every` processed frames, whenever
-  following fails, and (with `classify_detected`) whenever a face is to be classified again: a classified
-  crop is then the one full analysis makes from the same frame, not one aligned on followed landmarks.
+  following fails, (with `classify_detected`) whenever a face is to be classified again: a classified
+  crop is then the one full analysis makes from the same frame, not one aligned on followed landmarks,
+  and (with `confirm_changes`) whenever a face's last label was unclear.
   In between, each face's five landmarks and box corners are followed with pyramidal Lucas-Kanade
   optical flow (OpenCV) on grey copies of the frames whose longer side is at most `FLOW_SIDE` px (a
   stream keeps one, only when the next frame may follow its faces); a point lost, or one whose backward

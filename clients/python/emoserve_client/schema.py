@@ -159,8 +159,9 @@ class StreamConfig(_In):
     )
     confirm_changes: bool | None = Field(
         None,
-        description="When a face classified on followed landmarks changes its label, detect the frame and"
-        " classify the detected crop instead (default: EMOSERVE_WS_CONFIRM_CHANGES).",
+        description="When a face classified on followed landmarks changes its label or is unclear (top two"
+        " probabilities within EMOSERVE_WS_REUSE_MARGIN), detect the frame and classify the detected crop instead"
+        " (default: EMOSERVE_WS_CONFIRM_CHANGES).",
     )
     explain: bool | None = Field(None, description="A heat map per face (`explanation`), as REST's explain=true.")
 
