@@ -104,6 +104,7 @@ def test_soft_target_epoch_learns() -> None:
 
     rng = np.random.default_rng(0)
     images, soft = two_soft_classes(rng)
+    torch.manual_seed(0)  # the same initial weights every run
     model = create_model("resnet18s", 2, 1, width=8, stem_stride=2)
     opt = torch.optim.AdamW(model.parameters(), 0.01)
     rt = Runtime(torch.device("cpu"), None, False)
@@ -297,6 +298,7 @@ def test_consistency_epoch_sees_both_views() -> None:
 
     rng = np.random.default_rng(0)
     images, soft = two_soft_classes(rng)
+    torch.manual_seed(0)  # the same initial weights every run
     model = create_model("resnet18s", 2, 1, width=8, stem_stride=2)
     seen: list[int] = []
     model.register_forward_hook(lambda m, args, out: seen.append(int(args[0].shape[0])))

@@ -121,34 +121,38 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits.float(), 1)).sum(1).mean()
 
 
+def head_columns(heads: Heads) -> Iterator[tuple[slice, float]]:
+    """Each head's output columns and loss weight, in order."""
+    start = 0
+    for size, weight in heads:
+        yield slice(start, start + size), weight
+        start += size
+
+
 def heads_loss(logits: torch.Tensor, target: torch.Tensor, heads: Heads) -> torch.Tensor:
     """The weighted sum of each head's soft cross-entropy over its own columns (a softmax per head)."""
-    loss, start = logits.new_zeros((), dtype=torch.float32), 0
-    for size, weight in heads:
-        loss = loss + weight * soft_cross_entropy(logits[:, start : start + size], target[:, start : start + size])
-        start += size
+    loss = logits.new_zeros((), dtype=torch.float32)
+    for cols, weight in head_columns(heads):
+        loss = loss + weight * soft_cross_entropy(logits[:, cols], target[:, cols])
     return loss
 
 
 def consistency_loss(anchor: torch.Tensor, view: torch.Tensor, heads: Heads) -> torch.Tensor:
     """KL divergence from each head's prediction on the anchor images (held fixed) to its prediction on their
     second views, summed over the heads with their weights."""
-    loss, start = anchor.new_zeros((), dtype=torch.float32), 0
-    for size, weight in heads:
-        target = F.softmax(anchor[:, start : start + size].detach().float(), 1)
-        logp = F.log_softmax(view[:, start : start + size].float(), 1)
-        loss = loss + weight * F.kl_div(logp, target, reduction="batchmean")
-        start += size
+    loss = anchor.new_zeros((), dtype=torch.float32)
+    for cols, weight in head_columns(heads):
+        target = F.softmax(anchor[:, cols].detach().float(), 1)
+        loss = loss + weight * F.kl_div(F.log_softmax(view[:, cols].float(), 1), target, reduction="batchmean")
     return loss
 
 
 def smooth_labels(dist: torch.Tensor, heads: Heads, eps: float) -> torch.Tensor:
     """Label smoothing within each head; rows without a target for a head (all zero) stay zero."""
-    parts, start = [], 0
-    for size, _ in heads:
-        d = dist[:, start : start + size]
-        parts.append(d * (1 - eps) + eps * d.sum(1, keepdim=True) / size)
-        start += size
+    parts = []
+    for cols, _ in head_columns(heads):
+        d = dist[:, cols]
+        parts.append(d * (1 - eps) + eps * d.sum(1, keepdim=True) / (cols.stop - cols.start))
     return torch.cat(parts, 1)
 
 

@@ -181,12 +181,15 @@ def change(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).reshape(GRID, cell, GRID, cell).mean(axis=(1, 3)).max())
 
 
+def lead(probs: np.ndarray) -> float:
+    """How far the top probability is ahead of the second."""
+    top2 = np.sort(probs)[-2:]
+    return float(top2[1] - top2[0])
+
+
 def clear(policy: ReusePolicy, face: TrackedFace) -> bool:
     """Whether the face's emotion was clear: top probability ahead of the second by at least `margin`."""
-    if face.probs is None:
-        return False
-    top2 = np.sort(face.probs)[-2:]
-    return float(top2[1] - top2[0]) >= policy.margin
+    return face.probs is not None and lead(face.probs) >= policy.margin
 
 
 def stale(policy: ReusePolicy, before: TrackedFace | None, now: float) -> bool:
@@ -208,8 +211,7 @@ def unconfirmed(
     for thumb, prev in zip(fresh, before, strict=True):
         if thumb is None:
             continue
-        top2 = np.sort(probs[k])[-2:]
-        if float(top2[1] - top2[0]) < policy.margin:
+        if lead(probs[k]) < policy.margin:
             return True
         if prev is not None and prev.probs is not None and int(np.argmax(probs[k])) != int(np.argmax(prev.probs)):
             return True
